@@ -1,0 +1,1 @@
+"""System checks: the database must be PostgreSQL, and each PQ_* setting must be valid."""

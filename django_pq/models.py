@@ -1,0 +1,323 @@
+"""The three tables: ``pq_tasks`` (Task), ``pq_periodic`` (Periodic), ``pq_workers`` (Worker).
+
+The database states the rules (check and unique constraints, a partial claim index), so a
+row written by raw SQL, another language or a buggy release is held to them too.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+from django.utils.translation import gettext_lazy as _
+
+
+class Priority(enum.IntEnum):
+    """pq's five named priority levels. Any integer from 0 to 100 is legal."""
+
+    BATCH = 0
+    LOW = 25
+    NORMAL = 50
+    HIGH = 75
+    CRITICAL = 100
+
+    @classmethod
+    def label_for(cls, value: int) -> str:
+        """``"HIGH"`` for 75, ``"NORMAL+10"`` for 60: the nearest level at or below."""
+        below = max((level for level in cls if level <= value), default=cls.BATCH)
+        return below.name if below == value else f"{below.name}+{value - below}"
+
+
+class Status(models.TextChoices):
+    """Where a task is in its life. Moves only along the paths in docs/explanation."""
+
+    PENDING = "pending", _("pending")
+    RUNNING = "running", _("running")
+    COMPLETED = "completed", _("completed")
+    FAILED = "failed", _("failed")
+    CANCELLED = "cancelled", _("cancelled")
+
+
+FINISHED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+
+class ErrorCode(models.TextChoices):
+    """Why a run ended badly: a fixed vocabulary for dashboards and alerts."""
+
+    EXCEPTION = "exception", _("the task raised an exception")
+    TIMEOUT = "timeout", _("the task ran past its max_runtime")
+    SIGNAL = "signal", _("the task's process was killed by a signal")
+    MEMORY = "memory", _("the task exceeded its memory limit")
+    WORKER_LOST = "worker_lost", _("the worker running the task died")
+    SHUTDOWN = "shutdown", _("the worker stopped before the task finished")
+    UNKNOWN_TASK = "unknown_task", _("the task's function is not allowed or does not exist")
+    BAD_PAYLOAD = "bad_payload", _("the task's arguments could not be decoded")
+    CANCELLED = "cancelled", _("the task was cancelled")
+
+
+def _choices_check(field: str, choices: type[models.TextChoices], name: str) -> models.CheckConstraint:
+    return models.CheckConstraint(
+        condition=Q(**{f"{field}__in": choices.values}), name=name
+    )
+
+
+def _priority_check(name: str) -> models.CheckConstraint:
+    return models.CheckConstraint(
+        condition=Q(priority__gte=0) & Q(priority__lte=100), name=name
+    )
+
+
+class TaskQuerySet(models.QuerySet["Task"]):
+    """Lookups named after the states a task can be in."""
+
+    def pending(self) -> TaskQuerySet:
+        return self.filter(status=Status.PENDING)
+
+    def ready(self) -> TaskQuerySet:
+        """Pending tasks whose ``run_at`` has come (by the database clock)."""
+        return self.filter(status=Status.PENDING, run_at__lte=Now())
+
+    def scheduled(self) -> TaskQuerySet:
+        """Pending tasks waiting for a future ``run_at``."""
+        return self.filter(status=Status.PENDING, run_at__gt=Now())
+
+    def running(self) -> TaskQuerySet:
+        return self.filter(status=Status.RUNNING)
+
+    def completed(self) -> TaskQuerySet:
+        return self.filter(status=Status.COMPLETED)
+
+    def failed(self) -> TaskQuerySet:
+        return self.filter(status=Status.FAILED)
+
+    def cancelled(self) -> TaskQuerySet:
+        return self.filter(status=Status.CANCELLED)
+
+    def finished(self) -> TaskQuerySet:
+        return self.filter(status__in=FINISHED_STATUSES)
+
+    def unfinished(self) -> TaskQuerySet:
+        return self.filter(status__in=(Status.PENDING, Status.RUNNING))
+
+    def for_function(self, func_or_name: Any) -> TaskQuerySet:
+        """Tasks of one function, given the function itself or its ``module:name`` path."""
+        from django_pq.task_paths import task_path
+
+        name = func_or_name if isinstance(func_or_name, str) else task_path(func_or_name)
+        return self.filter(name=name)
+
+    def by_client_id(self, client_id: str) -> Task:
+        """The task with this ``client_id``; raises ``Task.DoesNotExist`` when there is none."""
+        return self.get(client_id=client_id)
+
+
+class Task(models.Model):
+    """One run of a function: ``pq_tasks``."""
+
+    id = models.BigAutoField(primary_key=True)
+    queue = models.CharField(max_length=100, default="default")
+    name = models.CharField(max_length=255, help_text="module.path:function")
+    payload = models.JSONField(default=dict, help_text="Encoded args and kwargs.")
+    priority = models.SmallIntegerField(default=Priority.NORMAL)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    run_at = models.DateTimeField(db_default=Now())
+    created_at = models.DateTimeField(db_default=Now())
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=1)
+    max_runtime = models.FloatField(null=True, blank=True, help_text="Seconds.")
+    client_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    requeue = models.JSONField(
+        null=True, blank=True, help_text="A newer version parked by upsert() while this one runs."
+    )
+    is_cancel_requested = models.BooleanField(default=False)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    error_code = models.CharField(max_length=16, choices=ErrorCode.choices, blank=True, default="")
+    periodic = models.ForeignKey(
+        "Periodic", null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    slot = models.DateTimeField(null=True, blank=True, help_text="The schedule slot it ran for.")
+    # No foreign key: worker rows are pruned while task history keeps who ran it.
+    worker_id = models.UUIDField(null=True, blank=True)
+    run_token = models.UUIDField(null=True, blank=True)
+    peak_rss = models.BigIntegerField(null=True, blank=True, help_text="Bytes.")
+    cpu_seconds = models.FloatField(null=True, blank=True)
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        db_table = "pq_tasks"
+        ordering = ["-id"]
+        constraints = [
+            _priority_check("pq_tasks_priority_range"),
+            _choices_check("status", Status, "pq_tasks_status_valid"),
+            models.CheckConstraint(
+                condition=Q(error_code="") | Q(error_code__in=ErrorCode.values),
+                name="pq_tasks_error_code_valid",
+            ),
+            models.CheckConstraint(condition=Q(max_attempts__gte=1), name="pq_tasks_max_attempts_min"),
+            models.CheckConstraint(
+                condition=Q(max_runtime__isnull=True) | Q(max_runtime__gt=0),
+                name="pq_tasks_max_runtime_positive",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status=Status.RUNNING) | Q(run_token__isnull=False),
+                name="pq_tasks_running_has_token",
+            ),
+            models.UniqueConstraint(fields=["periodic", "slot"], name="pq_tasks_one_run_per_slot"),
+        ]
+        indexes = [
+            # The claim reads only pending rows in claim order; everything else stays out
+            # of this small, hot index.
+            models.Index(
+                models.F("priority").desc(),
+                "run_at",
+                "id",
+                name="pq_tasks_claim",
+                condition=Q(status="pending"),
+            ),
+            models.Index(fields=["worker_id"], name="pq_tasks_running", condition=Q(status="running")),
+            models.Index(
+                fields=["finished_at"],
+                name="pq_tasks_finished",
+                condition=Q(status__in=["completed", "failed", "cancelled"]),
+            ),
+            models.Index(fields=["name", "-id"], name="pq_tasks_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk} ({self.status})"
+
+    @property
+    def priority_label(self) -> str:
+        return Priority.label_for(self.priority)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    def decoded_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The task's ``(args, kwargs)``, decoded. Pickled values need ``PQ_PICKLE``."""
+        from django_pq.codec import decode_payload
+
+        return decode_payload(self.payload)
+
+    def decoded_result(self) -> Any:
+        from django_pq.codec import decode_value
+
+        return None if self.result is None else decode_value(self.result)
+
+
+class PeriodicQuerySet(models.QuerySet["Periodic"]):
+    def active(self) -> PeriodicQuerySet:
+        return self.filter(active=True)
+
+    def paused(self) -> PeriodicQuerySet:
+        return self.filter(active=False)
+
+    def due(self) -> PeriodicQuerySet:
+        return self.filter(active=True, next_run__lte=Now())
+
+
+class Periodic(models.Model):
+    """A schedule that fires task rows: ``pq_periodic``."""
+
+    id = models.BigAutoField(primary_key=True)
+    name = models.CharField(max_length=255, help_text="module.path:function")
+    key = models.CharField(
+        max_length=255, blank=True, default="", help_text="Tells several schedules of one function apart."
+    )
+    payload = models.JSONField(default=dict)
+    priority = models.SmallIntegerField(default=Priority.NORMAL)
+    queue = models.CharField(max_length=100, default="default")
+    run_every = models.DurationField(null=True, blank=True)
+    cron = models.CharField(max_length=255, null=True, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC")
+    next_run = models.DateTimeField(db_default=Now())
+    last_run = models.DateTimeField(null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField(
+        null=True, blank=True, default=1, help_text="Runs allowed at once; empty means unlimited."
+    )
+    active = models.BooleanField(default=True)
+    max_runtime = models.FloatField(null=True, blank=True, help_text="Seconds.")
+    max_attempts = models.PositiveIntegerField(null=True, blank=True)
+    client_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    skipped_runs = models.PositiveIntegerField(default=0, help_text="Ticks skipped for overlap.")
+    is_declared = models.BooleanField(default=False, help_text="Created from code, not the admin.")
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+
+    objects = PeriodicQuerySet.as_manager()
+
+    class Meta:
+        db_table = "pq_periodic"
+        ordering = ["name", "key"]
+        verbose_name = "periodic schedule"
+        constraints = [
+            _priority_check("pq_periodic_priority_range"),
+            models.CheckConstraint(
+                condition=(
+                    Q(run_every__isnull=False, cron__isnull=True)
+                    | Q(run_every__isnull=True, cron__isnull=False)
+                ),
+                name="pq_periodic_one_of_interval_or_cron",
+            ),
+            models.CheckConstraint(
+                condition=Q(run_every__isnull=True) | Q(run_every__gt="0 seconds"),
+                name="pq_periodic_interval_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_concurrent__isnull=True) | Q(max_concurrent__gte=1),
+                name="pq_periodic_max_concurrent_min",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_runtime__isnull=True) | Q(max_runtime__gt=0),
+                name="pq_periodic_max_runtime_positive",
+            ),
+            models.UniqueConstraint(fields=["name", "key"], name="pq_periodic_name_key"),
+        ]
+        indexes = [
+            models.Index(fields=["next_run"], name="pq_periodic_due", condition=Q(active=True)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}[{self.key}]" if self.key else self.name
+
+
+class WorkerQuerySet(models.QuerySet["Worker"]):
+    def alive(self) -> WorkerQuerySet:
+        """Workers whose lease has not lapsed (by the database clock)."""
+        return self.filter(stopped_at__isnull=True, lease_expires_at__gt=Now())
+
+
+class Worker(models.Model):
+    """A running (or recently stopped) ``pq_worker`` process: ``pq_workers``."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    hostname = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    queues = models.JSONField(default=list, help_text="Empty means every queue.")
+    priorities = models.JSONField(default=list, help_text="Empty means every priority.")
+    min_priority = models.SmallIntegerField(null=True, blank=True)
+    concurrency = models.PositiveIntegerField()
+    started_at = models.DateTimeField(db_default=Now())
+    heartbeat_at = models.DateTimeField(db_default=Now())
+    lease_expires_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    version = models.CharField(max_length=32, blank=True, default="")
+
+    objects = WorkerQuerySet.as_manager()
+
+    class Meta:
+        db_table = "pq_workers"
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["lease_expires_at"], name="pq_workers_lease")]
+
+    def __str__(self) -> str:
+        return f"{self.hostname}:{self.pid}"

@@ -1,0 +1,132 @@
+"""Turning functions into ``module.path:function`` names and back, within the allowed modules.
+
+The database is not a code-execution channel: a name read from a row is checked against
+the allowed modules *before* anything is imported, so a hostile row naming ``os:system``
+or a module with import side effects runs nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from django.apps import apps
+
+from django_pq.conf import pq_settings
+from django_pq.exceptions import NotATaskFunction
+
+_ALLOWED_MODULES_HINT = (
+    "Move the function into a module of one of your INSTALLED_APPS, or add its module to "
+    "the PQ_ALLOWED_MODULES setting."
+)
+
+
+def allowed_modules() -> tuple[str, ...]:
+    """Module prefixes whose functions may run: ``PQ_ALLOWED_MODULES``, or the installed apps."""
+    configured = pq_settings.ALLOWED_MODULES
+    if configured is not None:
+        return tuple(configured)
+    return tuple(
+        config.name
+        for config in apps.get_app_configs()
+        # Django's own apps hold no task functions, and many callables no one means to run.
+        if not config.name.startswith("django.")
+    )
+
+
+def is_allowed_module(module: str) -> bool:
+    """Whether ``module`` is one of the allowed modules or inside one (``app`` covers ``app.x``)."""
+    return any(module == prefix or module.startswith(prefix + ".") for prefix in allowed_modules())
+
+
+def _unwrap_task_object(func: Any) -> Any:
+    # django.tasks' Task (and the django-tasks backport) wraps the function in `.func`.
+    inner = getattr(func, "func", None)
+    if inner is not None and callable(inner) and hasattr(func, "backend"):
+        return inner
+    return func
+
+
+def task_path(func: Callable[..., Any]) -> str:
+    """The ``module.path:qualname`` of a task function, refusing what a worker could not run."""
+    func = _unwrap_task_object(func)
+    if isinstance(func, functools.partial):
+        raise NotATaskFunction(
+            "functools.partial objects cannot be tasks: enqueue the underlying function and "
+            "pass the bound arguments to enqueue() instead."
+        )
+    if inspect.ismethod(func):
+        raise NotATaskFunction(
+            f"{func.__qualname__} is a bound method; a worker cannot rebuild its instance. "
+            "Enqueue a module-level function and pass the instance's primary key as an argument."
+        )
+    if not (inspect.isfunction(func) or inspect.isbuiltin(func)):
+        raise NotATaskFunction(
+            f"{func!r} is not a function. Tasks are plain module-level functions "
+            "(def or async def)."
+        )
+    module = getattr(func, "__module__", None) or ""
+    qualname = getattr(func, "__qualname__", "")
+    if func.__name__ == "<lambda>":
+        raise NotATaskFunction(
+            "Lambdas cannot be tasks: a worker has no way to find them. Define a module-level "
+            "function with def and enqueue that."
+        )
+    if "<locals>" in qualname:
+        raise NotATaskFunction(
+            f"{qualname} is defined inside another function (a closure or nested function); "
+            "a worker cannot import it. Move it to module level and pass what it captured "
+            "as arguments."
+        )
+    if module == "__main__":
+        raise NotATaskFunction(
+            f"{qualname} is defined in __main__, which a worker cannot import. "
+            "Move it into a module of one of your installed apps."
+        )
+    if not is_allowed_module(module):
+        raise NotATaskFunction(
+            f"{module}.{qualname} is outside the modules allowed to run tasks "
+            f"({', '.join(allowed_modules()) or 'none'}). {_ALLOWED_MODULES_HINT}"
+        )
+    path = f"{module}:{qualname}"
+    try:
+        resolved = resolve(path)
+    except NotATaskFunction:
+        resolved = None
+    if _unwrap_task_object(resolved) is not func:
+        raise NotATaskFunction(
+            f"{module}.{qualname} cannot be imported under its own name (it is shadowed, "
+            "renamed or created dynamically). Enqueue a function that is reachable as "
+            f"{module}.{qualname}."
+        )
+    return path
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """Import the function named ``module.path:qualname``, only from allowed modules.
+
+    Raises :class:`NotATaskFunction` without importing anything when the module is not
+    allowed, and when the name is malformed or does not lead to a callable.
+    """
+    module_name, separator, qualname = path.partition(":")
+    if not separator or not module_name or not qualname:
+        raise NotATaskFunction(f"{path!r} is not a task name of the form 'module.path:function'.")
+    if not is_allowed_module(module_name):
+        raise NotATaskFunction(f"{module_name} is not an allowed task module. {_ALLOWED_MODULES_HINT}")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        raise NotATaskFunction(f"Cannot import {module_name}: {error}") from error
+    for part in qualname.split("."):
+        if part.startswith("__"):
+            raise NotATaskFunction(f"{path!r} names a private attribute.")
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise NotATaskFunction(f"{module_name} has no attribute {qualname}.") from None
+    if not callable(target):
+        raise NotATaskFunction(f"{path} is not callable.")
+    return target  # type: ignore[no-any-return]

@@ -1,0 +1,1 @@
+"""Shared fixtures. The database is a real PostgreSQL (see django_pq/devdb.py)."""

@@ -1,0 +1,19 @@
+"""Task functions used by the test suite."""
+
+from __future__ import annotations
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def echo(*args: object, **kwargs: object) -> dict[str, object]:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+def noop() -> None:
+    return None
+
+
+async def async_add(a: int, b: int) -> int:
+    return a + b
