@@ -1,3 +1,71 @@
-"""django-pq: durable background tasks for Django on PostgreSQL."""
+"""django-pq: durable background tasks for Django on PostgreSQL.
+
+The public API, importable as ``import django_pq as pq``. Names are loaded on first use,
+so importing ``django_pq`` (say, from settings.py) does not touch the app registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "enqueue": "django_pq.enqueue",
+    "enqueue_many": "django_pq.enqueue",
+    "prepare": "django_pq.enqueue",
+    "upsert": "django_pq.enqueue",
+    "cancel": "django_pq.enqueue",
+    "retry": "django_pq.enqueue",
+    "PreparedTask": "django_pq.enqueue",
+    "Priority": "django_pq.models",
+    "Status": "django_pq.models",
+    "ErrorCode": "django_pq.models",
+    "Task": "django_pq.models",
+    "Periodic": "django_pq.models",
+    "Worker": "django_pq.models",
+    "PQError": "django_pq.exceptions",
+    "TaskRefused": "django_pq.exceptions",
+    "NotATaskFunction": "django_pq.exceptions",
+    "UnserializableArgument": "django_pq.exceptions",
+    "InvalidSchedule": "django_pq.exceptions",
+    "DuplicateClientId": "django_pq.exceptions",
+    "PayloadError": "django_pq.exceptions",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from django_pq.enqueue import (
+        PreparedTask,
+        cancel,
+        enqueue,
+        enqueue_many,
+        prepare,
+        retry,
+        upsert,
+    )
+    from django_pq.exceptions import (
+        DuplicateClientId,
+        InvalidSchedule,
+        NotATaskFunction,
+        PayloadError,
+        PQError,
+        TaskRefused,
+        UnserializableArgument,
+    )
+    from django_pq.models import ErrorCode, Periodic, Priority, Status, Task, Worker
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'django_pq' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -44,6 +44,10 @@ class Status(models.TextChoices):
 
 FINISHED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 
+#: The columns that make up one version of a task: what ``upsert`` replaces, and what it
+#: parks in ``requeue`` while an older version runs.
+VERSION_FIELDS = ("name", "payload", "queue", "priority", "run_at", "max_attempts", "max_runtime")
+
 
 class ErrorCode(models.TextChoices):
     """Why a run ended badly: a fixed vocabulary for dashboards and alerts."""

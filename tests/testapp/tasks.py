@@ -17,3 +17,15 @@ def noop() -> None:
 
 async def async_add(a: int, b: int) -> int:
     return a + b
+
+
+class Greeter:
+    def greet(self, name: str) -> str:
+        return f"hello {name}"
+
+
+def make_closure() -> object:
+    def inner() -> None:
+        return None
+
+    return inner

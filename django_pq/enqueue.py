@@ -1,0 +1,344 @@
+"""Putting work on the queue: enqueue, enqueue_many, upsert, cancel, retry.
+
+Each call is one SQL statement on the connection of ``PQ_DATABASE``, so it joins the
+caller's ``transaction.atomic()`` block (or autocommits outside one), and its NOTIFY is part
+of that statement: listeners hear of a task only when the transaction that wrote it commits,
+and a rollback leaves neither row nor notification.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connections, transaction
+from django.utils import timezone
+
+from django_pq.codec import encode_payload
+from django_pq.conf import pq_settings
+from django_pq.exceptions import DuplicateClientId, TaskRefused
+from django_pq.models import VERSION_FIELDS, Priority, Task
+from django_pq.task_paths import task_path
+
+__all__ = ["PreparedTask", "cancel", "enqueue", "enqueue_many", "prepare", "retry", "upsert"]
+
+#: Keyword arguments that ``enqueue``, ``prepare`` and ``upsert`` keep for themselves; every
+#: other keyword argument goes to the task function.
+RESERVED_OPTIONS = ("run_at", "priority", "queue", "client_id", "max_attempts", "max_runtime")
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """A validated, encoded task call, ready to be written by ``enqueue_many``."""
+
+    name: str
+    payload: dict[str, Any]
+    queue: str
+    priority: int
+    run_at: datetime | None
+    delay: timedelta | None
+    client_id: str | None
+    max_attempts: int
+    max_runtime: float | None
+
+
+def _check_priority(priority: Any) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 100:
+        raise TaskRefused(
+            f"priority must be an integer from 0 (Priority.BATCH) to 100 (Priority.CRITICAL); "
+            f"got {priority!r}. Use a Priority level such as Priority.HIGH."
+        )
+    return int(priority)
+
+
+def _check_text(option: str, value: Any, max_length: int) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_length:
+        raise TaskRefused(
+            f"{option} must be a non-empty string of at most {max_length} characters; got {value!r}."
+        )
+    return value
+
+
+def _check_max_attempts(max_attempts: Any) -> int:
+    if max_attempts is None:
+        return int(pq_settings.MAX_ATTEMPTS)
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise TaskRefused(
+            f"max_attempts must be an integer >= 1 (1 runs the task at most once); "
+            f"got {max_attempts!r}."
+        )
+    return max_attempts
+
+
+def _check_max_runtime(max_runtime: Any) -> float | None:
+    if max_runtime is None:
+        return None
+    seconds = max_runtime.total_seconds() if isinstance(max_runtime, timedelta) else max_runtime
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or seconds <= 0
+    ):
+        raise TaskRefused(
+            f"max_runtime must be a positive number of seconds or a timedelta; got {max_runtime!r}. "
+            "Leave it as None for no limit of the task's own."
+        )
+    return float(seconds)
+
+
+def _check_run_at(run_at: Any) -> tuple[datetime | None, timedelta | None]:
+    if run_at is None:
+        return None, None
+    if isinstance(run_at, timedelta):
+        return None, run_at
+    if not isinstance(run_at, datetime):
+        raise TaskRefused(
+            f"run_at must be a datetime, a timedelta (a delay from now) or None; got {run_at!r}."
+        )
+    if settings.USE_TZ and timezone.is_naive(run_at):
+        raise TaskRefused(
+            f"run_at={run_at!r} is a naive datetime while USE_TZ = True, so its moment is "
+            "ambiguous. Make it aware (django.utils.timezone.make_aware(run_at)) or pass a "
+            "timedelta delay."
+        )
+    if not settings.USE_TZ and timezone.is_aware(run_at):
+        run_at = timezone.make_naive(run_at)
+    return run_at, None
+
+
+def prepare(func: Callable[..., Any], *args: Any, **kwargs: Any) -> PreparedTask:
+    """Validate and encode one task call without writing it; see :func:`enqueue` for options.
+
+    Use it to build the list given to :func:`enqueue_many`.
+    """
+    options = {name: kwargs.pop(name) for name in RESERVED_OPTIONS if name in kwargs}
+    run_at, delay = _check_run_at(options.get("run_at"))
+    client_id = options.get("client_id")
+    queue = options.get("queue")
+    return PreparedTask(
+        name=task_path(func),
+        payload=encode_payload(args, kwargs),
+        queue=_check_text("queue", pq_settings.DEFAULT_QUEUE if queue is None else queue, 100),
+        priority=_check_priority(options.get("priority", Priority.NORMAL)),
+        run_at=run_at,
+        delay=delay,
+        client_id=None if client_id is None else _check_text("client_id", client_id, 255),
+        max_attempts=_check_max_attempts(options.get("max_attempts")),
+        max_runtime=_check_max_runtime(options.get("max_runtime")),
+    )
+
+
+# Insert from parallel arrays: one statement of constant text however many tasks it writes.
+_ROWS = """
+    SELECT * FROM unnest(
+        %s::text[], %s::text[], %s::jsonb[], %s::smallint[], %s::timestamptz[],
+        %s::interval[], %s::text[], %s::integer[], %s::double precision[]
+    ) WITH ORDINALITY
+    AS r(queue, name, payload, priority, run_at, delay, client_id, max_attempts, max_runtime, n)
+"""
+_INSERT_COLUMNS = """
+    INSERT INTO pq_tasks AS t (
+        queue, name, payload, priority, run_at, client_id, max_attempts, max_runtime,
+        status, attempts, error, error_code, is_cancel_requested
+    )
+    SELECT r.queue, r.name, r.payload, r.priority, COALESCE(r.run_at, now() + r.delay, now()),
+        r.client_id, r.max_attempts, r.max_runtime, 'pending', 0, '', '', false
+    FROM ({rows}) AS r
+    ORDER BY r.n
+"""
+
+
+def _columns() -> str:
+    return ", ".join(f"t.{field.column}" for field in Task._meta.concrete_fields)
+
+
+def _with_notify(modifying_sql: str) -> str:
+    """Wrap an INSERT/UPDATE ... RETURNING so its rows NOTIFY workers in the same statement.
+
+    One notification per queue carries the earliest ``run_at``, so a worker can both wake
+    for ready work and set its timer for future work. Postgres delivers it on commit only.
+    """
+    return f"""
+        WITH written AS ({modifying_sql} RETURNING {_columns()}),
+        notified AS (
+            SELECT pg_notify(%s, 't:' || extract(epoch FROM min(run_at))::text || ':' || queue)
+            FROM written WHERE status = 'pending' GROUP BY queue
+        )
+        SELECT * FROM written WHERE (SELECT count(*) FROM notified) >= 0
+    """
+
+
+def _array_params(prepared: list[PreparedTask]) -> list[Any]:
+    return [
+        [p.queue for p in prepared],
+        [p.name for p in prepared],
+        [json.dumps(p.payload) for p in prepared],
+        [p.priority for p in prepared],
+        [p.run_at for p in prepared],
+        [p.delay for p in prepared],
+        [p.client_id for p in prepared],
+        [p.max_attempts for p in prepared],
+        [p.max_runtime for p in prepared],
+    ]
+
+
+def _write(sql: str, params: list[Any]) -> list[Task]:
+    alias = pq_settings.DATABASE
+    return list(Task.objects.db_manager(alias).raw(sql, [*params, pq_settings.NOTIFY_CHANNEL]))
+
+
+def enqueue_many(prepared: Iterable[PreparedTask], *, skip_duplicates: bool = False) -> list[Task]:
+    """Write many prepared tasks in one statement; returns the new tasks in input order.
+
+    A ``client_id`` that already exists raises :class:`DuplicateClientId` and writes none of
+    them, unless ``skip_duplicates`` is true, in which case those are left out of the result.
+    """
+    batch = list(prepared)
+    if not batch:
+        return []
+    sql = _with_notify(_INSERT_COLUMNS.format(rows=_ROWS) + " ON CONFLICT (client_id) DO NOTHING")
+    alias = pq_settings.DATABASE
+    # A savepoint, so a refused batch leaves none of its rows in the caller's transaction.
+    with transaction.atomic(using=alias):
+        written = _write(sql, _array_params(batch))
+        if len(written) < len(batch) and not skip_duplicates:
+            stored = {task.client_id for task in written}
+            missing = [p.client_id for p in batch if p.client_id not in stored]
+            raise DuplicateClientId([client_id for client_id in missing if client_id])
+    # Ids are drawn in input order (ORDER BY r.n); RETURNING alone promises no order.
+    return sorted(written, key=lambda task: task.pk)
+
+
+def enqueue(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Task:
+    """Enqueue ``func(*args, **kwargs)`` as a task and return its :class:`~django_pq.models.Task`.
+
+    Options (taken out of ``kwargs``; every other keyword goes to the task):
+
+    - ``run_at``: an aware datetime, or a timedelta delay; default: now by the database clock.
+    - ``priority``: 0..100, default ``Priority.NORMAL``; higher runs first.
+    - ``queue``: default ``PQ_DEFAULT_QUEUE``.
+    - ``client_id``: your own unique id; a duplicate raises :class:`DuplicateClientId`.
+    - ``max_attempts``: runs allowed (default ``PQ_MAX_ATTEMPTS``, 1: at most once).
+    - ``max_runtime``: seconds (or a timedelta) before the worker stops the task.
+
+    Inside ``transaction.atomic()`` the task exists only if that transaction commits.
+    """
+    prepared = prepare(func, *args, **kwargs)
+    sql = _with_notify(_INSERT_COLUMNS.format(rows=_ROWS) + " ON CONFLICT (client_id) DO NOTHING")
+    written = _write(sql, _array_params([prepared]))
+    if not written:
+        # Nothing failed inside the database, so the caller's transaction is still usable.
+        raise DuplicateClientId([prepared.client_id or ""])
+    return written[0]
+
+
+def _upsert_assignments() -> str:
+    """SET clauses: a running row keeps its version and parks the new one in ``requeue``."""
+    running = "t.status = 'running'"
+    parked = ", ".join(f"'{name}', EXCLUDED.{name}" for name in VERSION_FIELDS)
+    assignments = [f"requeue = CASE WHEN {running} THEN jsonb_build_object({parked}) END"]
+    assignments += [
+        f"{name} = CASE WHEN {running} THEN t.{name} ELSE EXCLUDED.{name} END"
+        for name in VERSION_FIELDS
+    ]
+    fresh_run = {
+        "status": "'pending'",
+        "attempts": "0",
+        "started_at": "NULL",
+        "finished_at": "NULL",
+        "result": "NULL",
+        "error": "''",
+        "error_code": "''",
+        "worker_id": "NULL",
+        "run_token": "NULL",
+        "peak_rss": "NULL",
+        "cpu_seconds": "NULL",
+        "is_cancel_requested": "false",
+    }
+    assignments += [
+        f"{name} = CASE WHEN {running} THEN t.{name} ELSE {value} END"
+        for name, value in fresh_run.items()
+    ]
+    return ",\n".join(assignments)
+
+
+def upsert(func: Callable[..., Any], *args: Any, client_id: str, **kwargs: Any) -> Task:
+    """Enqueue or replace the task with ``client_id``, so only its latest version runs.
+
+    A pending or finished task is overwritten and reset to pending (attempts back to 0). A
+    running task keeps running and the new version is parked on it; the worker applies it
+    when the run ends, and a later upsert replaces the parked version. Race-free: concurrent
+    upserts of one ``client_id`` serialize on the row.
+    """
+    prepared = prepare(func, *args, client_id=client_id, **kwargs)
+    sql = _with_notify(
+        _INSERT_COLUMNS.format(rows=_ROWS)
+        + f" ON CONFLICT (client_id) DO UPDATE SET {_upsert_assignments()}"
+    )
+    return _write(sql, _array_params([prepared]))[0]
+
+
+def _task_id(task: Task | int) -> int:
+    return task.pk if isinstance(task, Task) else int(task)
+
+
+def _change(sql: str, task: Task | int) -> bool:
+    task_id = _task_id(task)
+    with connections[pq_settings.DATABASE].cursor() as cursor:
+        cursor.execute(sql, [task_id, pq_settings.NOTIFY_CHANNEL])
+        changed = cursor.fetchone() is not None
+    if not changed and not Task.objects.using(pq_settings.DATABASE).filter(pk=task_id).exists():
+        raise Task.DoesNotExist(f"There is no task with id {task_id}.")
+    return changed
+
+
+def cancel(task: Task | int) -> bool:
+    """Cancel a task. Returns whether it was cancelled (False: it had already finished).
+
+    A pending task becomes ``cancelled`` at once. A running task is marked, and its worker
+    stops it and records ``cancelled``; a version parked on it by ``upsert`` is dropped.
+    """
+    sql = """
+        WITH changed AS (
+            UPDATE pq_tasks SET
+                status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
+                error_code = CASE WHEN status = 'pending' THEN 'cancelled' ELSE error_code END,
+                error = CASE WHEN status = 'pending' THEN 'Cancelled before it started.'
+                        ELSE error END,
+                finished_at = CASE WHEN status = 'pending' THEN now() ELSE finished_at END,
+                is_cancel_requested = (status = 'running'),
+                requeue = NULL
+            WHERE id = %s AND status IN ('pending', 'running')
+            RETURNING id, status
+        )
+        SELECT id, CASE WHEN status = 'running' THEN pg_notify(%s, 'c:' || id::text) END
+        FROM changed
+    """
+    return _change(sql, task)
+
+
+def retry(task: Task | int) -> bool:
+    """Put a failed or cancelled task back to pending, to run now. Returns whether it did.
+
+    Attempts are kept, so a retried task that had used up ``max_attempts`` gets one more run.
+    The last error stays visible until the new run ends.
+    """
+    sql = """
+        WITH changed AS (
+            UPDATE pq_tasks SET
+                status = 'pending', run_at = now(), started_at = NULL, finished_at = NULL,
+                result = NULL, worker_id = NULL, run_token = NULL, is_cancel_requested = false
+            WHERE id = %s AND status IN ('failed', 'cancelled')
+            RETURNING id, queue
+        )
+        SELECT id, pg_notify(%s, 't:' || extract(epoch FROM now())::text || ':' || queue)
+        FROM changed
+    """
+    return _change(sql, task)
+
