@@ -22,6 +22,7 @@ from django.utils import timezone
 from django_pq.codec import encode_payload
 from django_pq.conf import pq_settings
 from django_pq.exceptions import DuplicateClientId, TaskRefused
+from django_pq.notify import notifying
 from django_pq.models import VERSION_FIELDS, Priority, Task
 from django_pq.task_paths import task_path
 
@@ -154,24 +155,9 @@ _INSERT_COLUMNS = """
 """
 
 
-def _columns() -> str:
-    return ", ".join(f"t.{field.column}" for field in Task._meta.concrete_fields)
-
-
 def _with_notify(modifying_sql: str) -> str:
-    """Wrap an INSERT/UPDATE ... RETURNING so its rows NOTIFY workers in the same statement.
-
-    One notification per queue carries the earliest ``run_at``, so a worker can both wake
-    for ready work and set its timer for future work. Postgres delivers it on commit only.
-    """
-    return f"""
-        WITH written AS ({modifying_sql} RETURNING {_columns()}),
-        notified AS (
-            SELECT pg_notify(%s, 't:' || extract(epoch FROM min(run_at))::text || ':' || queue)
-            FROM written WHERE status = 'pending' GROUP BY queue
-        )
-        SELECT * FROM written WHERE (SELECT count(*) FROM notified) >= 0
-    """
+    columns = ", ".join(f"t.{field.column}" for field in Task._meta.concrete_fields)
+    return notifying(modifying_sql, columns)
 
 
 def _array_params(prepared: list[PreparedTask]) -> list[Any]:

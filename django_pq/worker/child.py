@@ -1,0 +1,207 @@
+"""The forked child: runs exactly one task, reports through a pipe, and always ``os._exit``s.
+
+Nothing the task does (raise, ``sys.exit``, ``KeyboardInterrupt``, crash) can return control
+into the parent's loop, which this process is a copy of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import inspect
+import json
+import logging
+import mmap
+import os
+import random
+import resource
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from typing import Any, NoReturn
+
+from django.db import connections
+
+from django_pq import signals
+from django_pq.codec import decode_payload, encode_value
+from django_pq.exceptions import NotATaskFunction, PayloadError
+from django_pq.task_paths import resolve
+from django_pq.worker.sql import Claimed
+
+logger = logging.getLogger("django_pq.worker")
+
+# Connections inherited from the parent. Closing them would speak on the parent's sockets
+# (a Terminate message ends the parent's session), and letting them be garbage-collected
+# does the same, so the child keeps them referenced until os._exit.
+_INHERITED: list[Any] = []
+
+_PR_SET_PDEATHSIG = 1
+
+
+class LeaseClock:
+    """A deadline shared between the parent and its children through anonymous memory.
+
+    The parent moves it forward each time it renews its lease; a child whose parent is
+    frozen or cut off from the database sees it pass and kills itself before the lease
+    lapses and another worker may re-run the task.
+    """
+
+    def __init__(self) -> None:
+        self._memory = mmap.mmap(-1, 8)  # MAP_SHARED: children see the parent's writes
+        self.set(float("inf"))
+
+    def set(self, monotonic_deadline: float) -> None:
+        self._memory[:8] = struct.pack("d", monotonic_deadline)
+
+    def get(self) -> float:
+        return float(struct.unpack("d", self._memory[:8])[0])
+
+
+def _detach_inherited_connections() -> None:
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None:
+            _INHERITED.append(conn.connection)
+            conn.connection = None
+        conn.in_atomic_block = False
+        conn.savepoint_ids = []
+        conn.needs_rollback = False
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the watchdog below still covers it
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _watchdog(parent_pid: int, lease: LeaseClock) -> None:
+    """Kill this child's process group when the parent is gone or its lease is about to lapse."""
+    while True:
+        time.sleep(0.2)
+        if os.getppid() != parent_pid or time.monotonic() > lease.get():
+            os.killpg(0, signal.SIGKILL)
+
+
+def _limit_memory(max_memory_mb: float | None) -> None:
+    """Cap the address space as a backstop to the parent's RSS check: a sudden huge
+    allocation fails with MemoryError here instead of pushing the machine into the OOM
+    killer. The cap sits the limit above what the child already maps."""
+    if max_memory_mb is None:
+        return
+    with open("/proc/self/statm") as statm:
+        mapped = int(statm.read().split()[0]) * resource.getpagesize()
+    limit = mapped + int(max_memory_mb * 1024 * 1024)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _prepare_process(parent_pid: int, lease: LeaseClock, max_memory_mb: float | None) -> None:
+    os.setpgid(0, 0)  # its own group, so the parent can kill whatever the task spawns
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    _die_with_parent(parent_pid)
+    random.seed()  # the parent's random state would repeat in every child
+    _detach_inherited_connections()
+    threading.Thread(target=_watchdog, args=(parent_pid, lease), daemon=True).start()
+    _limit_memory(max_memory_mb)
+
+
+def _send_hook(hook: Any, errors: list[str], **kwargs: Any) -> None:
+    for receiver, response in hook.send_robust(**kwargs):
+        if isinstance(response, Exception):
+            name = getattr(receiver, "__qualname__", repr(receiver))
+            text = "".join(traceback.format_exception(response))
+            logger.error("Hook %s raised in task %s", name, kwargs["task"].id, exc_info=response)
+            errors.append(f"Hook {name} raised:\n{text}")
+
+
+def _call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if inspect.iscoroutinefunction(func):
+        return asyncio.run(func(*args, **kwargs))
+    result = func(*args, **kwargs)
+    if inspect.isawaitable(result):
+        return asyncio.run(_await(result))
+    return result
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def execute(claimed: Claimed) -> dict[str, Any]:
+    """Run the task in this process; return its report (never raises)."""
+    try:
+        func = resolve(claimed.name)
+    except NotATaskFunction as error:
+        return {"status": "failed", "error_code": "unknown_task", "error": str(error)}
+    try:
+        args, kwargs = decode_payload(claimed.payload)
+    except PayloadError as error:
+        return {"status": "failed", "error_code": "bad_payload", "error": str(error)}
+    run = signals.TaskRun(
+        id=claimed.id, name=claimed.name, queue=claimed.queue, priority=claimed.priority,
+        attempt=claimed.attempts, max_attempts=claimed.max_attempts, args=args, kwargs=kwargs,
+        client_id=claimed.client_id, periodic_id=claimed.periodic_id,
+    )  # fmt: skip
+    hook_errors: list[str] = []
+    _send_hook(signals.task_started, hook_errors, sender=func, task=run)
+    report: dict[str, Any]
+    result: Any = None
+    try:
+        result = _call(func, args, kwargs)
+        report = {"status": "completed", "result": json.dumps(encode_value(result, where="the return value"))}
+    except BaseException as error:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
+        code = "memory" if isinstance(error, MemoryError) else "exception"
+        report = {"status": "failed", "error_code": code, "error": _describe(error)}
+    _send_hook(
+        signals.task_finished, hook_errors, sender=func, task=run, status=report["status"],
+        result=result if report["status"] == "completed" else None,
+        error=report.get("error", ""),
+    )  # fmt: skip
+    if hook_errors:
+        report["error"] = "\n".join(filter(None, [report.get("error", ""), *hook_errors]))
+    return report
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, SystemExit):
+        return f"The task called sys.exit({error.code!r}).\n" + "".join(
+            traceback.format_exception(error)
+        )
+    return "".join(traceback.format_exception(error))
+
+
+def run_child(
+    claimed: Claimed, report_fd: int, parent_pid: int, lease: LeaseClock,
+    max_memory_mb: float | None,
+) -> NoReturn:  # fmt: skip
+    """Entry point right after ``fork()``: run one task, write its report, exit."""
+    code = 0
+    try:
+        _prepare_process(parent_pid, lease, max_memory_mb)
+        report = execute(claimed)
+        data = json.dumps(report).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(report_fd, view) :]
+    except BaseException:  # noqa: BLE001 - the parent records a crash from the exit status
+        code = 70
+        try:
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        try:
+            connections.close_all()  # the child's own connections: say goodbye properly
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+        os._exit(code)

@@ -1,0 +1,173 @@
+"""The parent's view of its running children: fork, watch, stop, and judge how each ended."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django_pq.worker.child import LeaseClock, run_child
+from django_pq.worker.sql import Claimed, Outcome
+
+# Signals the parent handles itself; blocked around fork() so a child never runs the
+# parent's handlers in the moment before it resets them.
+PARENT_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGQUIT}
+
+
+@dataclass
+class RunningChild:
+    """One forked task and what the parent knows about it."""
+
+    task: Claimed
+    pid: int
+    report_fd: int
+    started: float
+    deadline: float | None
+    report: bytearray = field(default_factory=bytearray)
+    stop_reason: str = ""  # why the parent is stopping it: timeout, memory, cancelled, ...
+    stop_message: str = ""
+    kill_at: float | None = None  # when SIGTERM turns into SIGKILL
+    pipe_closed: bool = False
+
+    def stop(self, reason: str, message: str, grace: float) -> None:
+        """SIGTERM the child's process group now, SIGKILL it after ``grace`` seconds."""
+        if self.stop_reason:
+            return
+        self.stop_reason, self.stop_message = reason, message
+        self.kill_at = time.monotonic() + grace
+        _signal_group(self.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+
+    def escalate(self, now: float) -> None:
+        if self.kill_at is not None and now >= self.kill_at:
+            _signal_group(self.pid, signal.SIGKILL)
+            self.kill_at = None
+
+    def read_report(self) -> None:
+        """Read what the child wrote so far; note EOF."""
+        while not self.pipe_closed:
+            try:
+                chunk = os.read(self.report_fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno == errno.EINTR:
+                    continue
+                chunk = b""
+            if not chunk:
+                self.pipe_closed = True
+                os.close(self.report_fd)
+                return
+            self.report += chunk
+
+    def rss_bytes(self) -> int | None:
+        try:
+            with open(f"/proc/{self.pid}/statm") as statm:
+                return int(statm.read().split()[1]) * resource.getpagesize()
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # the child has not yet made its own group
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def fork_child(task: Claimed, lease: LeaseClock, max_runtime: float | None,
+               max_memory_mb: float | None) -> RunningChild:  # fmt: skip
+    """Fork a child running ``task``; returns its record in the parent."""
+    read_fd, write_fd = os.pipe()
+    parent_pid = os.getpid()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, PARENT_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which never returns
+            os.close(read_fd)
+            run_child(task, write_fd, parent_pid, lease, max_memory_mb)
+        # Also set from the parent, so killpg works even before the child gets to it.
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    os.close(write_fd)
+    os.set_blocking(read_fd, False)
+    started = time.monotonic()
+    deadline = None if max_runtime is None else started + max_runtime
+    return RunningChild(task=task, pid=pid, report_fd=read_fd, started=started, deadline=deadline)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def judge(
+    child: RunningChild, status: int, usage: Any, error_max_length: int, retry_delay: float
+) -> Outcome:
+    """Turn a child's exit status, report and the parent's own actions into an Outcome."""
+    peak_rss = int(usage.ru_maxrss) * 1024 if usage is not None else None
+    cpu = float(usage.ru_utime + usage.ru_stime) if usage is not None else None
+    common: dict[str, Any] = {
+        "task_id": child.task.id, "run_token": child.task.run_token,
+        "peak_rss": peak_rss, "cpu_seconds": cpu, "retry_delay": retry_delay,
+    }  # fmt: skip
+    report = _parse(child.report)
+    if child.stop_reason == "cancelled" and not (report and report.get("status") == "completed"):
+        return Outcome(status="cancelled", error_code="cancelled", error=child.stop_message, **common)
+    if child.stop_reason and not report:
+        return Outcome(status="failed", error_code=child.stop_reason, error=child.stop_message,
+                       **common)  # fmt: skip
+    if report:
+        error = _bounded(str(report.get("error", "")), error_max_length)
+        if report.get("status") == "completed":
+            return Outcome(status="completed", result=report.get("result"), error=error, **common)
+        code = str(report.get("error_code") or "exception")
+        if child.stop_reason:
+            code, error = child.stop_reason, _bounded(f"{child.stop_message}\n{error}", error_max_length)
+        return Outcome(status="failed", error_code=code, error=error, **common)
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        message = f"The task's process was killed by {_signal_name(signum)}."
+        if signum == signal.SIGKILL:
+            message += " (Not by the worker: an operator, or the kernel's OOM killer.)"
+        return Outcome(status="failed", error_code="signal", error=message, **common)
+    code_number = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+    return Outcome(
+        status="failed", error_code="exception",
+        error=f"The task's process exited with status {code_number} without reporting "
+        "(os._exit, or a crash before it could report).", **common,
+    )  # fmt: skip
+
+
+def _parse(report: bytearray) -> dict[str, Any] | None:
+    if not report:
+        return None
+    try:
+        parsed = json.loads(report)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _bounded(text: str, limit: int) -> str:
+    """Error text Postgres accepts (no NUL) and of bounded size (keep head and tail)."""
+    text = text.replace("\x00", "\\x00")
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... [{len(text) - limit} characters cut] ...\n{text[-half:]}"

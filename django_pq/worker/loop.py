@@ -1,0 +1,463 @@
+"""The worker parent: one thread around one ``poll()``, forking a child per task.
+
+It wakes on a NOTIFY, a child's pipe or exit, a signal, the next known ``run_at``, a
+deadline, or the fallback poll; then it claims as many tasks as it has free slots in one
+statement, forks one child per task, enforces deadlines and memory limits itself, and
+records outcomes in batches that are retried until the database takes them.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import time
+import uuid
+from types import FrameType
+from typing import Any
+
+import psycopg
+from django.db import connections
+
+from django_pq import __version__
+from django_pq.worker import sql
+from django_pq.worker.child import LeaseClock
+from django_pq.worker.children import RunningChild, fork_child, judge
+from django_pq.worker.config import WorkerConfig
+from django_pq.worker.database import Database
+from django_pq.worker.sql import Claimed, Outcome
+
+logger = logging.getLogger("django_pq.worker")
+
+PRUNE_INTERVAL = 60.0
+MEMORY_CHECK_INTERVAL = 0.25
+SHUTDOWN_FLUSH_TIMEOUT = 10.0
+
+
+class ExitCode(enum.IntEnum):
+    """How ``pq_worker`` ended. Documented in docs/reference/commands.md."""
+
+    OK = 0  #: stopped cleanly: drained after a signal, burst done, or --max-tasks reached
+    ERROR = 1  #: an unexpected error in the worker itself
+    USAGE = 2  #: a flag or setting was invalid
+    TASKS_KILLED = 3  #: stopped by a signal and had to kill running tasks
+
+
+class WorkerLoop:
+    """One ``pq_worker`` process. ``run()`` blocks until the worker stops."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.id = str(uuid.uuid4())
+        self.children: dict[int, RunningChild] = {}
+        self.unwritten: list[Outcome] = []
+        self.lease = LeaseClock()
+        self.db = Database(config.database, config.channel, config.listen, self._on_notify)
+        self.started_tasks = 0
+        self.signals_received = 0
+        self.drain_deadline: float | None = None
+        self.killed_at_shutdown = False
+        self.registered = False
+        self.should_claim = True
+        self.claim_came_back_short = False
+        now = time.monotonic()
+        self.next_poll = now
+        self.next_run_at: float | None = None
+        self.next_heartbeat = now
+        self.next_reap = now
+        self.next_prune = now
+        self.next_memory_check = now
+        self.lease_deadline = float("inf")
+        self._wakeup_read, self._wakeup_write = os.pipe()
+
+    # -- signals -----------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        os.set_blocking(self._wakeup_read, False)
+        os.set_blocking(self._wakeup_write, False)
+        signal.set_wakeup_fd(self._wakeup_write)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        # A Python-level handler, so child exits also write to the wakeup fd.
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only flags here; the loop acts on them.
+        self.signals_received += 1
+
+    def _on_notify(self, payload: str) -> None:
+        if payload.startswith("c:"):
+            self._cancel(int(payload[2:]) if payload[2:].isdigit() else -1)
+            return
+        if payload.startswith("t:"):
+            _, epoch, queue = payload.split(":", 2)
+            if not self.config.serves(queue):
+                return
+            delay = float(epoch) - time.time()
+            if delay > 0.005:
+                # A future task: only move the timer (wall clocks may disagree a little;
+                # the claim after the timer asks the database, which decides).
+                when = time.monotonic() + delay
+                self.next_run_at = when if self.next_run_at is None else min(self.next_run_at, when)
+                return
+        self.should_claim = True
+
+    def _cancel(self, task_id: int) -> None:
+        for child in self.children.values():
+            if child.task.id == task_id:
+                logger.info("Cancelling running task %s", task_id, extra={"task_id": task_id})
+                child.stop("cancelled", "Cancelled while running.", self.config.kill_grace)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; returns an :class:`ExitCode`."""
+        self._install_signal_handlers()
+        # The parent talks to the database only through self.db; Django's connections
+        # are closed so no child ever inherits a live one.
+        connections.close_all()
+        logger.info("Worker %s starting: %s", self.id, self.config.describe(),
+                    extra={"worker_id": self.id})  # fmt: skip
+        try:
+            while self._step():
+                pass
+        finally:
+            self._finish_up()
+        if self.killed_at_shutdown:
+            return ExitCode.TASKS_KILLED
+        return ExitCode.OK
+
+    def _step(self) -> bool:
+        """One turn of the loop. Returns False when the worker should exit."""
+        now = time.monotonic()
+        self._collect_children()
+        self._enforce_limits(now)
+        if self.signals_received:
+            self._shut_down(now)
+            if not self.children:
+                return False
+        if self.db.connect() and not self.registered:
+            self._register()
+        if self.registered:
+            self._heartbeat_if_due(now)
+            self._flush_outcomes()
+            if not self.signals_received:
+                self._reap_lost_if_due(now)
+                self._prune_if_due(now)
+                self._claim_if_due(now)
+        if not self.children and not self.signals_received and self._is_done():
+            return False
+        self._wait(self._timeout(time.monotonic()))
+        return True
+
+    def _is_done(self) -> bool:
+        if self.config.max_tasks is not None and self.started_tasks >= self.config.max_tasks:
+            logger.info("Reached --max-tasks=%d; stopping", self.config.max_tasks)
+            return True
+        if self.config.burst and self.claim_came_back_short and not self.unwritten:
+            logger.info("No ready task left (--burst); stopping")
+            return True
+        return False
+
+    def _register(self) -> None:
+        params = {
+            "id": self.id, "hostname": socket.gethostname(), "pid": os.getpid(),
+            "queues": psycopg.types.json.Jsonb(list(self.config.queues)),
+            "priorities": psycopg.types.json.Jsonb(list(self.config.priorities)),
+            "min_priority": self.config.min_priority, "concurrency": self.config.concurrency,
+            "lease": self.config.lease, "version": __version__,
+        }  # fmt: skip
+        sent = time.monotonic()
+        if self.db.execute(sql.REGISTER, params) is not None:
+            self.registered = True
+            self._renewed(sent)
+            self.should_claim = True
+
+    def _renewed(self, sent: float) -> None:
+        # The database stamped the lease no earlier than `sent`, so this deadline is safe.
+        self.lease_deadline = sent + self.config.lease - self.config.lease_margin
+        self.lease.set(sent + self.config.lease - self.config.lease_margin / 2)
+
+    def _finish_up(self) -> None:
+        """Stop children still running, write what is unwritten (bounded), deregister."""
+        for child in self.children.values():
+            child.stop("shutdown", "The worker stopped before the task finished.", 0)
+        deadline = time.monotonic() + SHUTDOWN_FLUSH_TIMEOUT
+        while self.children and time.monotonic() < deadline:
+            self._collect_children()
+            if self.children:
+                self._wait(0.05)
+        while self.unwritten and time.monotonic() < deadline:
+            self._flush_outcomes()
+            if self.unwritten:
+                time.sleep(0.1)
+        if self.registered:
+            self.db.execute(sql.DEREGISTER, {"id": self.id})
+        self.db.close()
+        signal.set_wakeup_fd(-1)
+        for fd in (self._wakeup_read, self._wakeup_write):
+            os.close(fd)
+        logger.info("Worker %s stopped", self.id, extra={"worker_id": self.id})
+
+    def _shut_down(self, now: float) -> None:
+        if self.drain_deadline is None:
+            self.drain_deadline = now + self.config.drain_timeout
+            logger.info("Stopping: no new tasks; draining %d running for up to %ss",
+                        len(self.children), self.config.drain_timeout)  # fmt: skip
+        if self.signals_received >= 2 or now >= self.drain_deadline:
+            grace = 0.0 if self.signals_received >= 2 else self.config.kill_grace
+            for child in self.children.values():
+                if not child.stop_reason:
+                    self.killed_at_shutdown = True
+                    child.stop("shutdown", "The worker stopped before the task finished "
+                               f"(drain timeout {self.config.drain_timeout}s).", grace)  # fmt: skip
+
+    # -- claiming and forking ----------------------------------------------------------
+
+    def _claim_if_due(self, now: float) -> None:
+        due = self.should_claim or now >= self.next_poll
+        if not due and self.next_run_at is not None and now >= self.next_run_at:
+            due = True
+        if not due:
+            return
+        free = self.config.concurrency - len(self.children)
+        if self.config.max_tasks is not None:
+            free = min(free, self.config.max_tasks - self.started_tasks)
+        if free <= 0:
+            return  # a child's exit will set should_claim again
+        self.should_claim = False
+        self.next_poll = now + self.config.poll_interval
+        rows = self.db.execute(sql.claim_statement(self.config),
+                               sql.claim_params(self.config, self.id, free))  # fmt: skip
+        if rows is None:
+            return
+        claimed = sorted((Claimed(*row) for row in rows), key=lambda t: (-t.priority, t.id))
+        for task in claimed:
+            self._start(task)
+        self.claim_came_back_short = len(claimed) < free
+        if self.claim_came_back_short:
+            self._schedule_next_run()
+        else:
+            self.should_claim = True  # there may be more ready work
+
+    def _schedule_next_run(self) -> None:
+        params = {"queues": list(self.config.queues)}
+        rows = self.db.execute(sql.next_run_at_statement(self.config), params)
+        seconds = rows[0][0] if rows else None
+        self.next_run_at = None if seconds is None else time.monotonic() + max(float(seconds), 0.05)
+
+    def _start(self, task: Claimed) -> None:
+        max_runtime = task.max_runtime or self.config.max_runtime
+        child = fork_child(task, self.lease, max_runtime, self.config.max_memory_mb)
+        self.children[child.pid] = child
+        self.started_tasks += 1
+        logger.info("Started task %s %s (attempt %d/%d) in pid %d", task.id, task.name,
+                    task.attempts, task.max_attempts, child.pid,
+                    extra=_task_extra(task, pid=child.pid))  # fmt: skip
+
+    # -- watching children -------------------------------------------------------------
+
+    def _collect_children(self) -> None:
+        for child in self.children.values():
+            child.read_report()
+        while self.children:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            child.read_report()
+            if not child.pipe_closed:
+                os.close(child.report_fd)
+            self._record(child, status, usage)
+            self.should_claim = True
+
+    def _record(self, child: RunningChild, status: int, usage: Any) -> None:
+        delay = self._retry_delay(child.task.attempts)
+        outcome = judge(child, status, usage, self.config.error_max_length, delay)
+        duration = time.monotonic() - child.started
+        extra = _task_extra(child.task, duration=round(duration, 4), status=outcome.status,
+                            error_code=outcome.error_code)  # fmt: skip
+        if outcome.status == "completed":
+            logger.info("Task %s completed in %.3fs", child.task.id, duration, extra=extra)
+        else:
+            logger.warning("Task %s %s (%s) after %.3fs", child.task.id, outcome.status,
+                           outcome.error_code, duration, extra=extra)  # fmt: skip
+        self.unwritten.append(outcome)
+
+    def _retry_delay(self, attempt: int) -> float:
+        """Exponential backoff with jitter: base * 2^(attempt-1), capped, half of it random."""
+        ceiling = min(self.config.retry_max_delay,
+                      self.config.retry_delay * 2 ** max(attempt - 1, 0))  # fmt: skip
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def _enforce_limits(self, now: float) -> None:
+        check_memory = self.config.max_memory_mb is not None and now >= self.next_memory_check
+        if check_memory:
+            self.next_memory_check = now + MEMORY_CHECK_INTERVAL
+        lease_lapsing = now >= self.lease_deadline
+        for child in self.children.values():
+            child.escalate(now)
+            if child.stop_reason:
+                continue
+            if lease_lapsing:
+                child.stop("worker_lost", "The worker could not renew its lease (database "
+                           "unreachable), so it stopped the task before another worker "
+                           "could take it over.", 0)  # fmt: skip
+            elif child.deadline is not None and now >= child.deadline:
+                limit = child.deadline - child.started
+                child.stop("timeout", f"The task ran past its max_runtime of {limit:g}s.",
+                           self.config.kill_grace)  # fmt: skip
+            elif check_memory and self.config.max_memory_mb is not None:
+                rss = child.rss_bytes()
+                if rss is not None and rss > self.config.max_memory_mb * 1024 * 1024:
+                    child.stop("memory", f"The task exceeded {self.config.max_memory_mb:g} MB "
+                               f"(resident size {rss / 1048576:.0f} MB).", 0)  # fmt: skip
+
+    # -- database chores ---------------------------------------------------------------
+
+    def _heartbeat_if_due(self, now: float) -> None:
+        if now < self.next_heartbeat:
+            return
+        self.next_heartbeat = now + self.config.heartbeat_interval
+        rows = self.db.execute(sql.HEARTBEAT, {"id": self.id, "lease": self.config.lease})
+        if not rows:
+            return
+        renewed, cancel_ids = rows[0]
+        if renewed:
+            self._renewed(now)
+        else:
+            logger.error("Worker %s lost its lease (stalled or reaped); stopping its tasks "
+                         "and registering again", self.id)  # fmt: skip
+            for child in self.children.values():
+                child.stop("worker_lost", "The worker lost its lease while running the task.", 0)
+            self.registered = False
+        for task_id in cancel_ids or []:
+            self._cancel(task_id)
+
+    def _flush_outcomes(self) -> None:
+        if not self.unwritten:
+            return
+        batch, self.unwritten = self.unwritten, []
+        try:
+            rows = self.db.execute(sql.FINISH_STATEMENT, sql.finish_params(batch, self.config.channel))
+        except psycopg.Error:
+            logger.exception("Could not record %d outcomes together; recording one by one", len(batch))
+            rows = self._flush_one_by_one(batch)
+        if rows is None:
+            self.unwritten = batch + self.unwritten  # database away: keep them for later
+            return
+        written = {row[0] for row in rows}
+        for outcome in batch:
+            if outcome.task_id not in written:
+                logger.warning("Outcome of task %s was refused: its run token is no longer "
+                               "current (reaped or cancelled meanwhile)", outcome.task_id,
+                               extra={"task_id": outcome.task_id})  # fmt: skip
+
+    def _flush_one_by_one(self, batch: list[Outcome]) -> list[tuple[Any, ...]] | None:
+        rows: list[tuple[Any, ...]] = []
+        for outcome in batch:
+            try:
+                result = self.db.execute(sql.FINISH_STATEMENT,
+                                         sql.finish_params([outcome], self.config.channel))  # fmt: skip
+            except psycopg.Error as error:
+                # The outcome itself is unstorable (say, a result Postgres rejects): keep
+                # the verdict, drop what cannot be stored.
+                fallback = Outcome(task_id=outcome.task_id, run_token=outcome.run_token,
+                                   status="failed", error_code="exception",
+                                   error=f"The task's outcome could not be stored: {error}")  # fmt: skip
+                result = self.db.execute(sql.FINISH_STATEMENT,
+                                         sql.finish_params([fallback], self.config.channel))  # fmt: skip
+            if result is None:
+                return None
+            rows += result
+        return rows
+
+    def _reap_lost_if_due(self, now: float) -> None:
+        if now < self.next_reap:
+            return
+        self.next_reap = now + self.config.reaper_interval
+        rows = self.db.execute(sql.LOST_TASKS)
+        if not rows:
+            return
+        outcomes = [
+            Outcome(task_id=task_id, run_token=token, status="failed", error_code="worker_lost",
+                    error="The worker running this task stopped renewing its lease.",
+                    retry_delay=self._retry_delay(1))
+            for task_id, token, _name in rows
+        ]  # fmt: skip
+        logger.warning("Reaping %d tasks of lost workers: %s", len(rows),
+                       ", ".join(str(row[0]) for row in rows))  # fmt: skip
+        self.db.execute(sql.FINISH_STATEMENT, sql.finish_params(outcomes, self.config.channel))
+
+    def _prune_if_due(self, now: float) -> None:
+        if now < self.next_prune or self.config.retention is None:
+            return
+        self.next_prune = now + PRUNE_INTERVAL
+        batch, deadline = 500, now + 1.0
+        while time.monotonic() < deadline:
+            conn = self.db.conn
+            if conn is None:
+                return
+            try:
+                deleted = conn.execute(sql.PRUNE_TASKS,
+                                       {"retention": self.config.retention, "batch": batch}).rowcount  # fmt: skip
+            except psycopg.OperationalError as error:
+                self.db.lost(error)
+                return
+            if deleted < batch:
+                break
+        self.db.execute(sql.PRUNE_WORKERS)
+
+    # -- waiting -----------------------------------------------------------------------
+
+    def _timeout(self, now: float) -> float:
+        if self.should_claim and len(self.children) < self.config.concurrency:
+            return 0.0
+        moments = [self.next_heartbeat, self.next_poll, self.next_reap]
+        if self.next_run_at is not None:
+            moments.append(self.next_run_at)
+        if self.drain_deadline is not None:
+            moments.append(self.drain_deadline)
+        if self.children:
+            moments.append(self.lease_deadline)
+            if self.config.max_memory_mb is not None:
+                moments.append(self.next_memory_check)
+            for child in self.children.values():
+                moments += [m for m in (child.deadline, child.kill_at) if m is not None]
+        if not self.db.is_connected or self.unwritten:
+            moments.append(now + 0.2)
+        return max(0.0, min(moments) - now)
+
+    def _wait(self, timeout: float) -> None:
+        poller = select.poll()
+        poller.register(self._wakeup_read, select.POLLIN)
+        db_fd = self.db.fileno()
+        if db_fd is not None:
+            poller.register(db_fd, select.POLLIN)
+        for child in self.children.values():
+            if not child.pipe_closed:
+                poller.register(child.report_fd, select.POLLIN)
+        try:
+            poller.poll(timeout * 1000)
+        except InterruptedError:
+            pass
+        try:
+            while os.read(self._wakeup_read, 512):
+                pass
+        except BlockingIOError:
+            pass
+        self.db.drain_notifications()
+
+
+def _task_extra(task: Claimed, **more: Any) -> dict[str, Any]:
+    return {"task_id": task.id, "task_name": task.name, "queue": task.queue,
+            "attempt": task.attempts, **more}  # fmt: skip

@@ -1,0 +1,240 @@
+"""The worker's SQL: claim, finish, heartbeat, reap, prune. Each is one statement.
+
+Every write to a claimed row is fenced by its ``run_token``: a worker that stalled past
+its lease and wakes up finds its token gone and its late write matches no row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django_pq.models import ErrorCode
+from django_pq.notify import notifying
+from django_pq.worker.config import WorkerConfig
+
+#: Failures a task with attempts left is retried after. The others would fail again.
+RETRYABLE = [
+    ErrorCode.EXCEPTION,
+    ErrorCode.TIMEOUT,
+    ErrorCode.SIGNAL,
+    ErrorCode.MEMORY,
+    ErrorCode.WORKER_LOST,
+    ErrorCode.SHUTDOWN,
+]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A task this worker now holds."""
+
+    id: int
+    name: str
+    payload: Any
+    queue: str
+    priority: int
+    attempts: int
+    max_attempts: int
+    max_runtime: float | None
+    run_token: str
+    client_id: str | None
+    periodic_id: int | None
+
+
+_CLAIMED_COLUMNS = (
+    "t.id, t.name, t.payload, t.queue, t.priority, t.attempts, t.max_attempts, "
+    "t.max_runtime, t.run_token::text, t.client_id, t.periodic_id"
+)
+
+
+def claim_statement(config: WorkerConfig) -> str:
+    """Claim up to ``%(limit)s`` ready tasks for ``%(worker)s``, best first.
+
+    ``FOR UPDATE SKIP LOCKED`` lets any number of workers claim at once without waiting on
+    each other or taking the same row; the CTE is materialized so the lock-and-limit runs
+    exactly once. Worker, token, attempt and ``started_at`` come from the database.
+    """
+    filters = ["status = 'pending'", "run_at <= now()"]
+    if config.queues:
+        filters.append("queue = ANY(%(queues)s)")
+    if config.priorities:
+        filters.append("priority = ANY(%(priorities)s)")
+    if config.min_priority is not None:
+        filters.append("priority >= %(min_priority)s")
+    return f"""
+        WITH claimable AS MATERIALIZED (
+            SELECT id FROM pq_tasks
+            WHERE {" AND ".join(filters)}
+            ORDER BY priority DESC, run_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE pq_tasks t SET
+            status = 'running', worker_id = %(worker)s, run_token = gen_random_uuid(),
+            attempts = t.attempts + 1, started_at = now(), finished_at = NULL,
+            is_cancel_requested = false
+        FROM claimable WHERE t.id = claimable.id
+        RETURNING {_CLAIMED_COLUMNS}
+    """
+
+
+def claim_params(config: WorkerConfig, worker_id: str, limit: int) -> dict[str, Any]:
+    return {
+        "limit": limit,
+        "worker": worker_id,
+        "queues": list(config.queues),
+        "priorities": list(config.priorities),
+        "min_priority": config.min_priority,
+    }
+
+
+def next_run_at_statement(config: WorkerConfig) -> str:
+    """Seconds until the earliest future task this worker could claim, or NULL."""
+    filters = ["status = 'pending'"]
+    if config.queues:
+        filters.append("queue = ANY(%(queues)s)")
+    return f"""
+        SELECT extract(epoch FROM min(run_at) - now()) FROM pq_tasks
+        WHERE {" AND ".join(filters)}
+    """
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run ended, as the parent records it."""
+
+    task_id: int
+    run_token: str
+    status: str  # "completed" | "failed" | "cancelled"
+    error_code: str = ""
+    error: str = ""
+    result: str | None = None  # JSON text
+    peak_rss: int | None = None
+    cpu_seconds: float | None = None
+    retry_delay: float = 0.0
+
+
+# How a run ends, decided per row under its lock: a version parked by upsert() replaces
+# it; a retryable failure with attempts left goes back to pending after its delay;
+# anything else is final.
+_FINISH = """
+    WITH outcome AS (
+        SELECT * FROM unnest(
+            %s::bigint[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::jsonb[],
+            %s::bigint[], %s::double precision[], %s::double precision[]
+        ) AS o(id, run_token, status, error_code, error, result, peak_rss, cpu_seconds,
+               retry_delay)
+    ),
+    decided AS (
+        SELECT o.*, t.requeue,
+            CASE
+                WHEN t.requeue IS NOT NULL THEN 'parked'
+                WHEN o.status = 'failed' AND o.error_code = ANY(%s)
+                     AND t.attempts < t.max_attempts THEN 'retry'
+                ELSE 'final'
+            END AS fate
+        FROM outcome o JOIN pq_tasks t
+            ON t.id = o.id AND t.run_token = o.run_token AND t.status = 'running'
+        FOR UPDATE OF t
+    )
+    UPDATE pq_tasks t SET
+        status = CASE d.fate WHEN 'final' THEN d.status ELSE 'pending' END,
+        finished_at = CASE d.fate WHEN 'final' THEN now() END,
+        run_at = CASE d.fate
+            WHEN 'retry' THEN now() + make_interval(secs => d.retry_delay)
+            WHEN 'parked' THEN COALESCE((d.requeue->>'run_at')::timestamptz, now())
+            ELSE t.run_at END,
+        name = CASE d.fate WHEN 'parked' THEN d.requeue->>'name' ELSE t.name END,
+        payload = CASE d.fate WHEN 'parked' THEN d.requeue->'payload' ELSE t.payload END,
+        queue = CASE d.fate WHEN 'parked' THEN d.requeue->>'queue' ELSE t.queue END,
+        priority = CASE d.fate WHEN 'parked' THEN (d.requeue->>'priority')::smallint
+            ELSE t.priority END,
+        max_attempts = CASE d.fate WHEN 'parked' THEN (d.requeue->>'max_attempts')::integer
+            ELSE t.max_attempts END,
+        max_runtime = CASE d.fate WHEN 'parked' THEN (d.requeue->>'max_runtime')::float8
+            ELSE t.max_runtime END,
+        attempts = CASE d.fate WHEN 'parked' THEN 0 ELSE t.attempts END,
+        result = CASE d.fate WHEN 'final' THEN d.result END,
+        error = CASE d.fate WHEN 'parked' THEN '' ELSE d.error END,
+        error_code = CASE d.fate WHEN 'parked' THEN '' ELSE d.error_code END,
+        run_token = CASE d.fate WHEN 'final' THEN t.run_token END,
+        requeue = NULL,
+        is_cancel_requested = false,
+        peak_rss = d.peak_rss,
+        cpu_seconds = d.cpu_seconds
+    FROM decided d WHERE t.id = d.id
+"""
+
+FINISH_STATEMENT = notifying(_FINISH, "t.id, t.status, t.run_at, t.queue")
+
+
+def finish_params(outcomes: list[Outcome], channel: str) -> list[Any]:
+    return [
+        [o.task_id for o in outcomes],
+        [o.run_token for o in outcomes],
+        [o.status for o in outcomes],
+        [o.error_code for o in outcomes],
+        [o.error for o in outcomes],
+        [o.result for o in outcomes],
+        [o.peak_rss for o in outcomes],
+        [o.cpu_seconds for o in outcomes],
+        [o.retry_delay for o in outcomes],
+        [str(code) for code in RETRYABLE],
+        channel,
+    ]
+
+
+REGISTER = """
+    INSERT INTO pq_workers (id, hostname, pid, queues, priorities, min_priority, concurrency,
+                            started_at, heartbeat_at, lease_expires_at, version)
+    VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(priorities)s, %(min_priority)s,
+            %(concurrency)s, now(), now(), now() + make_interval(secs => %(lease)s), %(version)s)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL,
+        lease_expires_at = now() + make_interval(secs => %(lease)s)
+"""
+
+# Renew the lease only while it still holds: a worker whose lease lapsed has been (or is
+# about to be) reaped, and must not pretend otherwise. Returns whether it renewed, and the
+# tasks of this worker that someone asked to cancel.
+HEARTBEAT = """
+    WITH renewed AS (
+        UPDATE pq_workers SET heartbeat_at = now(),
+            lease_expires_at = now() + make_interval(secs => %(lease)s)
+        WHERE id = %(id)s AND lease_expires_at > now() AND stopped_at IS NULL
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT 1 FROM renewed),
+        ARRAY(SELECT id FROM pq_tasks WHERE worker_id = %(id)s AND status = 'running'
+              AND is_cancel_requested)
+"""
+
+DEREGISTER = "UPDATE pq_workers SET stopped_at = now() WHERE id = %(id)s"
+
+# Running tasks whose worker is gone: lease lapsed, stopped, or never registered.
+# Decided entirely by the database clock, so a skewed worker clock cannot reap early.
+LOST_TASKS = """
+    SELECT t.id, t.run_token::text, t.name FROM pq_tasks t
+    LEFT JOIN pq_workers w ON w.id = t.worker_id
+    WHERE t.status = 'running'
+      AND (w.id IS NULL OR w.lease_expires_at < now() OR w.stopped_at IS NOT NULL)
+    ORDER BY t.id
+    LIMIT 500
+    FOR UPDATE OF t SKIP LOCKED
+"""
+
+# Deletes one small batch of old finished tasks; short transactions, no long locks.
+PRUNE_TASKS = """
+    DELETE FROM pq_tasks WHERE id IN (
+        SELECT id FROM pq_tasks
+        WHERE status IN ('completed', 'failed', 'cancelled')
+          AND finished_at < now() - make_interval(secs => %(retention)s)
+        LIMIT %(batch)s
+        FOR UPDATE SKIP LOCKED
+    )
+"""
+
+PRUNE_WORKERS = """
+    DELETE FROM pq_workers w
+    WHERE w.lease_expires_at < now() - interval '1 day'
+      AND NOT EXISTS (SELECT 1 FROM pq_tasks t WHERE t.worker_id = w.id AND t.status = 'running')
+"""
