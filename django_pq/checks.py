@@ -1,1 +1,162 @@
-"""System checks: the database must be PostgreSQL, and each PQ_* setting must be valid."""
+"""System checks: the database must be PostgreSQL, and each PQ_* setting must be valid.
+
+Every check id is documented in ``docs/reference/checks.md`` and never reused. The ids of
+the per-setting checks live beside their settings in :mod:`django_pq.conf`; the others are
+here:
+
+- ``django_pq.E001``: ``PQ_DATABASE`` names no database in ``DATABASES``, or one that is not
+  PostgreSQL.
+- ``django_pq.E021``: ``PQ_HEARTBEAT_INTERVAL`` is not below half of ``PQ_LEASE``.
+- ``django_pq.W001``: a ``PQ_*`` setting that django-pq does not know (usually a typo).
+
+The checks read ``settings`` when they run, not at import, so ``override_settings`` works.
+None of them opens a database connection.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, register
+from django.core.checks import Warning as CheckWarning
+from django.core.exceptions import ImproperlyConfigured
+from django.db.utils import load_backend
+
+from django_pq.conf import SETTINGS, Setting
+
+__all__ = ["check_database", "check_heartbeat_within_lease", "check_settings", "check_unknown"]
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+_POSTGRES_ENGINE = "django.db.backends.postgresql"
+
+
+def _value(setting: Setting) -> Any:
+    return getattr(settings, setting.name, setting.default)
+
+
+def _is_valid(name: str) -> bool:
+    setting = _BY_NAME[name]
+    return setting.is_valid(_value(setting))
+
+
+def _database_error(msg: str, hint: str) -> Error:
+    return Error(msg, hint=hint, id="django_pq.E001")
+
+
+@register()
+def check_database(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``django_pq.E001``: the ``PQ_DATABASE`` alias exists and its backend is PostgreSQL.
+
+    The vendor is read from the backend's ``DatabaseWrapper`` class, so PostgreSQL backends
+    that wrap Django's own (PostGIS, instrumented backends) pass, and no connection is made.
+    """
+    if not _is_valid("PQ_DATABASE"):
+        return []  # django_pq.E002 already says what is wrong with the value.
+    alias = _value(_BY_NAME["PQ_DATABASE"])
+    databases: dict[str, dict[str, Any]] = settings.DATABASES
+    if alias not in databases:
+        known = ", ".join(repr(name) for name in databases) or "none"
+        return [
+            _database_error(
+                f"PQ_DATABASE is {alias!r}, but DATABASES has no such alias (it has {known}).",
+                "Set PQ_DATABASE to the alias of your PostgreSQL database, or add "
+                f"DATABASES[{alias!r}] with ENGINE {_POSTGRES_ENGINE!r}.",
+            )
+        ]
+    engine = databases[alias].get("ENGINE") or ""
+    try:
+        vendor = load_backend(engine).DatabaseWrapper.vendor if engine else ""
+    except ImproperlyConfigured as error:
+        return [
+            _database_error(
+                f"DATABASES[{alias!r}] has ENGINE {engine!r}, which cannot be loaded: {error}",
+                f"django-pq needs PostgreSQL: use ENGINE {_POSTGRES_ENGINE!r} "
+                "with psycopg 3 installed.",
+            )
+        ]
+    if vendor != "postgresql":
+        return [
+            _database_error(
+                f"django-pq needs PostgreSQL, but DATABASES[{alias!r}] (PQ_DATABASE) uses "
+                f"{engine or 'no ENGINE'!r}, a {vendor or 'unknown'} backend.",
+                f"Use ENGINE {_POSTGRES_ENGINE!r} for DATABASES[{alias!r}], or point "
+                "PQ_DATABASE at a PostgreSQL database.",
+            )
+        ]
+    return []
+
+
+def _setting_error(setting: Setting, value: Any) -> Error:
+    return Error(
+        f"{setting.name} is {value!r}; it must be {setting.expected}.",
+        hint=f"Set {setting.name} to {setting.expected}, or remove it to use the "
+        f"default ({setting.default!r}).",
+        id=setting.check_id,
+    )
+
+
+@register()
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """One error per invalid ``PQ_*`` setting, with that setting's own check id."""
+    errors: list[CheckMessage] = []
+    for setting in SETTINGS:
+        value = _value(setting)
+        if not setting.is_valid(value):
+            errors.append(_setting_error(setting, value))
+    return errors
+
+
+@register()
+def check_heartbeat_within_lease(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``django_pq.E021``: a worker renews its lease at least twice per lease.
+
+    With one renewal per lease, a single slow heartbeat lets the lease lapse, and other
+    workers reap tasks that are still running.
+    """
+    if not (_is_valid("PQ_HEARTBEAT_INTERVAL") and _is_valid("PQ_LEASE")):
+        return []  # Their own checks report the bad values.
+    heartbeat = _value(_BY_NAME["PQ_HEARTBEAT_INTERVAL"])
+    lease = _value(_BY_NAME["PQ_LEASE"])
+    if heartbeat < lease / 2:
+        return []
+    return [
+        Error(
+            f"PQ_HEARTBEAT_INTERVAL ({heartbeat!r} s) must be less than half of PQ_LEASE "
+            f"({lease!r} s), so a worker renews its lease at least twice before it lapses.",
+            hint=f"Lower PQ_HEARTBEAT_INTERVAL below {lease / 2:g}, or raise PQ_LEASE above "
+            f"{heartbeat * 2:g}. The defaults (5 and 30) leave room for six renewals.",
+            id="django_pq.E021",
+        )
+    ]
+
+
+@register()
+def check_unknown(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``django_pq.W001``: a ``PQ_*`` setting django-pq does not know, which it ignores."""
+    warnings: list[CheckMessage] = []
+    for name in dir(settings):
+        if not name.startswith("PQ_") or name in _BY_NAME:
+            continue
+        close = difflib.get_close_matches(name, _BY_NAME, n=1)
+        suggestion = f"Did you mean {close[0]}? " if close else ""
+        warnings.append(
+            CheckWarning(
+                f"{name} is not a django-pq setting, so it has no effect.",
+                hint=f"{suggestion}The settings are listed in django-pq's settings reference; "
+                "remove or rename this one.",
+                id="django_pq.W001",
+            )
+        )
+    return warnings

@@ -45,3 +45,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"django_pq": {"handlers": ["console"], "level": "WARNING"}},
 }
+
+# Worker processes started by the tests get setting overrides through the environment.
+import json as _json  # noqa: E402
+import os as _os  # noqa: E402
+
+globals().update(_json.loads(_os.environ.get("DJANGO_PQ_TEST_SETTINGS", "{}")))

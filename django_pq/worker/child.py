@@ -135,7 +135,7 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def execute(claimed: Claimed) -> dict[str, Any]:
+def execute(claimed: Claimed, max_memory_mb: float | None = None) -> dict[str, Any]:
     """Run the task in this process; return its report (never raises)."""
     try:
         func = resolve(claimed.name)
@@ -158,8 +158,12 @@ def execute(claimed: Claimed) -> dict[str, Any]:
         result = _call(func, args, kwargs)
         report = {"status": "completed", "result": json.dumps(encode_value(result, where="the return value"))}
     except BaseException as error:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
-        code = "memory" if isinstance(error, MemoryError) else "exception"
-        report = {"status": "failed", "error_code": code, "error": _describe(error)}
+        if isinstance(error, MemoryError) and max_memory_mb is not None:
+            report = {"status": "failed", "error_code": "memory", "error": (
+                f"The task exceeded its memory limit of {max_memory_mb:g} MB "
+                f"(an allocation failed).\n{_describe(error)}")}  # fmt: skip
+        else:
+            report = {"status": "failed", "error_code": "exception", "error": _describe(error)}
     _send_hook(
         signals.task_finished, hook_errors, sender=func, task=run, status=report["status"],
         result=result if report["status"] == "completed" else None,
@@ -186,7 +190,7 @@ def run_child(
     code = 0
     try:
         _prepare_process(parent_pid, lease, max_memory_mb)
-        report = execute(claimed)
+        report = execute(claimed, max_memory_mb)
         data = json.dumps(report).encode()
         view = memoryview(data)
         while view:

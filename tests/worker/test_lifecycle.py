@@ -1,0 +1,231 @@
+"""The worker as a process among processes: wake-ups, signals, crashes, races, priorities."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import django_pq as pq
+from django_pq.models import Task, Worker
+from django_pq.worker.loop import ExitCode
+from tests.conftest import connect_like_django
+from tests.testapp import tasks
+from tests.testapp.models import RunLog
+from tests.worker.conftest import REPO, run_burst, wait_until
+
+
+def status_of(task: Task) -> str:
+    task.refresh_from_db()
+    return task.status
+
+
+def registered(worker) -> Worker:
+    return wait_until(lambda: Worker.objects.filter(pid=worker.pid).first(), 30, "registration")
+
+
+def test_idle_worker_starts_a_new_task_promptly(start_worker):
+    # A poll interval far beyond the timeout: only the NOTIFY can wake it in time.
+    worker = start_worker("--poll-interval", "600")
+    registered(worker)
+    task = pq.enqueue(tasks.add, 2, 2)
+    wait_until(lambda: status_of(task) == "completed", 10, "the task to run")
+
+
+def test_future_task_runs_when_due_without_a_poll(start_worker):
+    worker = start_worker("--poll-interval", "600")
+    registered(worker)
+    import datetime as dt
+
+    task = pq.enqueue(tasks.add, 1, 1, run_at=dt.timedelta(seconds=1))
+    wait_until(lambda: status_of(task) == "completed", 10, "the delayed task to run")
+    task.refresh_from_db()
+    assert task.started_at >= task.run_at
+
+
+def test_without_listen_the_worker_polls(start_worker):
+    worker = start_worker("--no-listen", "--poll-interval", "0.2")
+    registered(worker)
+    task = pq.enqueue(tasks.add, 2, 2)
+    wait_until(lambda: status_of(task) == "completed", 10)
+
+
+def test_kill_9_of_the_parent_kills_children_and_another_worker_reaps(start_worker):
+    once = pq.enqueue(tasks.sleep, 60, label="once")
+    retried = pq.enqueue(tasks.sleep, 60, label="retried", max_attempts=2)
+    victim = start_worker("--concurrency", "2")
+    starts = wait_until(lambda: RunLog.objects.filter(event="start").count() == 2 and
+                        list(RunLog.objects.filter(event="start")))  # fmt: skip
+    os.kill(victim.pid, signal.SIGKILL)
+    for start in starts:
+        wait_until(lambda pid=start.pid: not _alive(pid), 10, "the orphaned child to die")
+    # A second worker notices the lapsed lease (3s in tests) and reaps both.
+    start_worker("--concurrency", "1", "--queue", "nothing-to-claim")
+    wait_until(lambda: status_of(once) == "failed", 20, "the lost task to be reaped")
+    once.refresh_from_db()
+    assert once.error_code == "worker_lost"
+    wait_until(lambda: status_of(retried) == "pending", 20, "the retryable task to be re-queued")
+    retried.refresh_from_db()
+    assert retried.attempts == 1 and retried.error_code == "worker_lost"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_drains_short_tasks_and_stops_long_ones(start_worker):
+    short = pq.enqueue(tasks.sleep, 1, label="short")
+    long = pq.enqueue(tasks.sleep, 60, label="long")
+    worker = start_worker("--concurrency", "2", "--drain-timeout", "2")
+    wait_until(lambda: RunLog.objects.filter(event="start").count() == 2)
+    worker.signal(signal.SIGTERM)
+    code = worker.wait(20)
+    assert code == ExitCode.TASKS_KILLED, worker.output()
+    assert status_of(short) == "completed"
+    long.refresh_from_db()
+    assert (long.status, long.error_code) == ("failed", "shutdown")
+    assert Worker.objects.get(pid=worker.pid).stopped_at is not None
+
+
+def test_sigterm_with_nothing_running_exits_cleanly(start_worker):
+    worker = start_worker()
+    registered(worker)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == ExitCode.OK
+
+
+def test_second_signal_stops_at_once(start_worker):
+    long = pq.enqueue(tasks.sleep, 60, label="long", max_attempts=3)
+    worker = start_worker("--drain-timeout", "600")
+    wait_until(lambda: RunLog.objects.filter(event="start").exists())
+    worker.signal(signal.SIGINT)
+    wait_until(lambda: "draining" in worker.output(), 10)
+    worker.signal(signal.SIGINT)
+    assert worker.wait(10) == ExitCode.TASKS_KILLED
+    long.refresh_from_db()
+    # It had attempts left, so it waits to be run again rather than failing.
+    assert (long.status, long.error_code) == ("pending", "shutdown")
+
+
+@pytest.mark.slow
+def test_four_workers_run_every_task_exactly_once(start_worker):
+    pq.enqueue_many([pq.prepare(tasks.log_run, str(n)) for n in range(4000)])
+    workers = [start_worker("--burst", "--concurrency", "2") for _ in range(4)]
+    for worker in workers:
+        assert worker.wait(600) == 0, worker.output()
+    runs = Counter(RunLog.objects.filter(event="run").values_list("value", flat=True))
+    assert len(runs) == 4000 and set(runs.values()) == {1}
+    assert Task.objects.completed().count() == 4000
+    assert Task.objects.filter(attempts=1).count() == 4000
+
+
+def test_higher_priority_runs_first(start_worker):
+    for label, priority in [("low", 25), ("critical", 100), ("normal", 50), ("high", 75)]:
+        pq.enqueue(tasks.log_run, label, priority=priority)
+    run_burst(start_worker, "--concurrency", "1")
+    order = list(RunLog.objects.filter(event="run").order_by("id").values_list("value", flat=True))
+    assert order == ["critical", "high", "normal", "low"]
+
+
+def test_priority_and_queue_dedicated_workers(start_worker):
+    high = pq.enqueue(tasks.log_run, "high", priority=pq.Priority.HIGH)
+    critical = pq.enqueue(tasks.log_run, "critical", priority=pq.Priority.CRITICAL)
+    normal = pq.enqueue(tasks.log_run, "normal")
+    mail = pq.enqueue(tasks.log_run, "mail", queue="mail", priority=pq.Priority.CRITICAL)
+    run_burst(start_worker, "--priority", "high", "--queue", "default")
+    assert [status_of(t) for t in (high, critical, normal, mail)] == [
+        "completed", "pending", "pending", "pending"]  # fmt: skip
+    run_burst(start_worker, "--min-priority", "90", "--queue", "default")
+    assert [status_of(t) for t in (critical, normal, mail)] == ["completed", "pending", "pending"]
+    run_burst(start_worker, "--queue", "mail")
+    assert [status_of(t) for t in (normal, mail)] == ["pending", "completed"]
+
+
+def test_retries_back_off_and_then_succeed(start_worker):
+    task = pq.enqueue(tasks.fail_until, 3, "k", max_attempts=3)
+    doomed = pq.enqueue(tasks.fail_until, 5, "d", max_attempts=2)
+    start_worker(settings={"PQ_RETRY_DELAY": 0.3, "PQ_RETRY_MAX_DELAY": 5})
+    wait_until(lambda: status_of(task) == "completed" and status_of(doomed) == "failed", 30)
+    task.refresh_from_db()
+    doomed.refresh_from_db()
+    assert task.attempts == 3 and task.decoded_result() == 3
+    assert doomed.attempts == 2 and "failing run 2" in doomed.error
+    times = list(RunLog.objects.filter(event="attempt", value="k").order_by("id")
+                 .values_list("at", flat=True))  # fmt: skip
+    # Backoff 0.3s then 0.6s, each with up to half of it as jitter.
+    assert (times[1] - times[0]).total_seconds() >= 0.15
+    assert (times[2] - times[1]).total_seconds() >= 0.3
+
+
+def test_upsert_while_running_parks_and_then_runs_the_new_version(start_worker):
+    release = Path(tempfile.mkdtemp()) / "release"
+    task = pq.upsert(tasks.wait_for_file, str(release), label="v1", client_id="job")
+    start_worker("--concurrency", "1")
+    wait_until(lambda: RunLog.objects.filter(event="start", value="v1").exists())
+    pq.upsert(tasks.wait_for_file, str(release), label="v2", client_id="job")
+    pq.upsert(tasks.wait_for_file, str(release), label="v3", client_id="job")
+    release.touch()
+    wait_until(lambda: status_of(task) == "completed" and task.attempts == 1
+               and task.decoded_result() == "v3", 20)  # fmt: skip
+    labels = list(RunLog.objects.filter(event="start").order_by("id").values_list("value", flat=True))
+    assert labels == ["v1", "v3"]
+
+
+def test_cancel_while_running_stops_the_task(start_worker):
+    task = pq.enqueue(tasks.sleep, 60, label="cancel me")
+    good = pq.enqueue(tasks.add, 1, 1, priority=pq.Priority.BATCH)
+    worker = start_worker("--concurrency", "1")
+    wait_until(lambda: RunLog.objects.filter(event="start").exists())
+    assert pq.cancel(task) is True
+    wait_until(lambda: status_of(task) == "cancelled", 5, "the running task to be cancelled")
+    task.refresh_from_db()
+    assert task.error_code == "cancelled"
+    wait_until(lambda: status_of(good) == "completed", 10)
+    assert worker.process.poll() is None
+
+
+def test_terminated_connection_is_reestablished(start_worker):
+    worker = start_worker("--concurrency", "1")
+    registered(worker)
+    running = pq.enqueue(tasks.sleep, 1, label="across")
+    wait_until(lambda: RunLog.objects.filter(event="start").exists())
+    with connect_like_django() as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s", [f"pq_worker:{worker.pid}"],
+        ).fetchone()[0]  # fmt: skip
+    assert killed == 1
+    wait_until(lambda: status_of(running) == "completed", 20)
+    later = pq.enqueue(tasks.add, 1, 2)
+    wait_until(lambda: status_of(later) == "completed", 20)
+    assert worker.process.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--concurrency", "0"], "--concurrency must be at least 1"),
+        (["--priority", "urgent"], "neither a priority name"),
+        (["--min-priority", "101"], "outside 0..100"),
+        (["--max-runtime", "-1"], "--max-runtime must be a number greater than 0"),
+        (["--poll-interval", "0"], "--poll-interval must be a number greater than 0"),
+    ],
+)
+def test_bad_flags_fail_fast_with_a_clear_message(flags, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "pq_worker", *flags],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert result.returncode == ExitCode.USAGE
+    assert message in result.stderr
