@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -88,9 +89,17 @@ class ThrowawayPostgres:
 
     def _initdb(self) -> None:
         self._run(
-            "initdb", "-D", str(self.data_dir), "-U", "postgres", "--auth=trust",
-            "-E", "UTF8", "--locale=C", "--no-sync",
-        )  # fmt: skip
+            "initdb",
+            "-D",
+            str(self.data_dir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
 
     def start(self) -> ThrowawayPostgres:
         options = [
@@ -103,9 +112,18 @@ class ThrowawayPostgres:
             # Throwaway data: durability only costs time here.
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         self._run(
-            "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file),
-            "-o", " ".join(options), "-w", "-t", "60", "start",
-        )  # fmt: skip
+            "pg_ctl",
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_file),
+            "-o",
+            " ".join(options),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -123,13 +141,43 @@ class ThrowawayPostgres:
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def destroy_when_gone(self, owner_pid: int) -> None:
+        """Destroy the cluster once ``owner_pid`` exits, however it exits.
+
+        ``atexit`` does not run when a process is killed; a small watcher process does.
+        """
+        watcher = (
+            "import os, sys, time\n"
+            "from pathlib import Path\n"
+            "from django_pq.devdb import ThrowawayPostgres\n"
+            "owner = int(sys.argv[1])\n"
+            "while Path(f'/proc/{owner}').exists():\n"
+            "    time.sleep(1)\n"
+            "cluster = ThrowawayPostgres.__new__(ThrowawayPostgres)\n"
+            "cluster.bin_dir, cluster.root = Path(sys.argv[2]), Path(sys.argv[3])\n"
+            "cluster.data_dir = cluster.root / 'data'\n"
+            "cluster._as_user = sys.argv[4:]\n"
+            "cluster.destroy()\n"
+        )
+        subprocess.Popen(
+            [sys.executable, "-c", watcher, str(owner_pid), str(self.bin_dir), str(self.root),
+             *self._as_user],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )  # fmt: skip
+
 
 def _start_embedded() -> tuple[str, Any]:
     try:
         import pgserver  # type: ignore[import-not-found]
     except ImportError:
         raise RuntimeError(_NO_POSTGRES) from None
-    server = pgserver.get_server(tempfile.mkdtemp(prefix="django-pq-pgserver-"), cleanup_mode="delete")
+    server = pgserver.get_server(
+        tempfile.mkdtemp(prefix="django-pq-pgserver-"), cleanup_mode="delete"
+    )
     return server.get_uri(), server
 
 
@@ -141,6 +189,7 @@ def database_url() -> str:
     if _binary_dir() is not None:
         cluster = ThrowawayPostgres().start()
         atexit.register(cluster.destroy)
+        cluster.destroy_when_gone(os.getpid())
         url = cluster.url
     else:
         url, server = _start_embedded()

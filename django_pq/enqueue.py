@@ -22,8 +22,8 @@ from django.utils import timezone
 from django_pq.codec import encode_payload
 from django_pq.conf import pq_settings
 from django_pq.exceptions import DuplicateClientId, TaskRefused
-from django_pq.notify import notifying
 from django_pq.models import VERSION_FIELDS, Priority, Task
+from django_pq.notify import notifying
 from django_pq.task_paths import task_path
 
 __all__ = ["PreparedTask", "cancel", "enqueue", "enqueue_many", "prepare", "retry", "upsert"]
@@ -60,7 +60,8 @@ def _check_priority(priority: Any) -> int:
 def _check_text(option: str, value: Any, max_length: int) -> str:
     if not isinstance(value, str) or not value or len(value) > max_length:
         raise TaskRefused(
-            f"{option} must be a non-empty string of at most {max_length} characters; got {value!r}."
+            f"{option} must be a non-empty string of at most {max_length} characters; "
+            f"got {value!r}."
         )
     return value
 
@@ -87,8 +88,8 @@ def _check_max_runtime(max_runtime: Any) -> float | None:
         or seconds <= 0
     ):
         raise TaskRefused(
-            f"max_runtime must be a positive number of seconds or a timedelta; got {max_runtime!r}. "
-            "Leave it as None for no limit of the task's own."
+            "max_runtime must be a positive number of seconds or a timedelta; "
+            f"got {max_runtime!r}. Leave it as None for no limit of the task's own."
         )
     return float(seconds)
 
@@ -327,4 +328,3 @@ def retry(task: Task | int) -> bool:
         FROM changed
     """
     return _change(sql, task)
-

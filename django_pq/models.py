@@ -63,16 +63,14 @@ class ErrorCode(models.TextChoices):
     CANCELLED = "cancelled", _("the task was cancelled")
 
 
-def _choices_check(field: str, choices: type[models.TextChoices], name: str) -> models.CheckConstraint:
-    return models.CheckConstraint(
-        condition=Q(**{f"{field}__in": choices.values}), name=name
-    )
+def _choices_check(
+    field: str, choices: type[models.TextChoices], name: str
+) -> models.CheckConstraint:
+    return models.CheckConstraint(condition=Q(**{f"{field}__in": choices.values}), name=name)
 
 
 def _priority_check(name: str) -> models.CheckConstraint:
-    return models.CheckConstraint(
-        condition=Q(priority__gte=0) & Q(priority__lte=100), name=name
-    )
+    return models.CheckConstraint(condition=Q(priority__gte=0) & Q(priority__lte=100), name=name)
 
 
 class TaskQuerySet(models.QuerySet["Task"]):
@@ -165,7 +163,9 @@ class Task(models.Model):
                 condition=Q(error_code="") | Q(error_code__in=ErrorCode.values),
                 name="pq_tasks_error_code_valid",
             ),
-            models.CheckConstraint(condition=Q(max_attempts__gte=1), name="pq_tasks_max_attempts_min"),
+            models.CheckConstraint(
+                condition=Q(max_attempts__gte=1), name="pq_tasks_max_attempts_min"
+            ),
             models.CheckConstraint(
                 condition=Q(max_runtime__isnull=True) | Q(max_runtime__gt=0),
                 name="pq_tasks_max_runtime_positive",
@@ -186,7 +186,9 @@ class Task(models.Model):
                 name="pq_tasks_claim",
                 condition=Q(status="pending"),
             ),
-            models.Index(fields=["worker_id"], name="pq_tasks_running", condition=Q(status="running")),
+            models.Index(
+                fields=["worker_id"], name="pq_tasks_running", condition=Q(status="running")
+            ),
             models.Index(
                 fields=["finished_at"],
                 name="pq_tasks_finished",
@@ -235,13 +237,17 @@ class Periodic(models.Model):
     id = models.BigAutoField(primary_key=True)
     name = models.CharField(max_length=255, help_text="module.path:function")
     key = models.CharField(
-        max_length=255, blank=True, default="", help_text="Tells several schedules of one function apart."
+        max_length=255,
+        blank=True,
+        default="",
+        help_text="Tells several schedules of one function apart.",
     )
     payload = models.JSONField(default=dict)
     priority = models.SmallIntegerField(default=Priority.NORMAL)
     queue = models.CharField(max_length=100, default="default")
     run_every = models.DurationField(null=True, blank=True)
-    cron = models.CharField(max_length=255, null=True, blank=True)
+    # NULL, not "", marks "no cron": the check constraint needs exactly one of the two set.
+    cron = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     timezone = models.CharField(max_length=64, default="UTC")
     next_run = models.DateTimeField(db_default=Now())
     last_run = models.DateTimeField(null=True, blank=True)

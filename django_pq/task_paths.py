@@ -115,7 +115,9 @@ def resolve(path: str) -> Callable[..., Any]:
     if not separator or not module_name or not qualname:
         raise NotATaskFunction(f"{path!r} is not a task name of the form 'module.path:function'.")
     if not is_allowed_module(module_name):
-        raise NotATaskFunction(f"{module_name} is not an allowed task module. {_ALLOWED_MODULES_HINT}")
+        raise NotATaskFunction(
+            f"{module_name} is not an allowed task module. {_ALLOWED_MODULES_HINT}"
+        )
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as error:

@@ -34,9 +34,15 @@ def committed_ids(watcher) -> set[int]:
 class TestEnqueue:
     def test_returns_the_pending_task_with_its_options(self):
         task = pq.enqueue(
-            tasks.add, 1, b=2, priority=pq.Priority.HIGH, queue="mail", client_id="c-1",
-            max_attempts=3, max_runtime=dt.timedelta(seconds=90),
-        )  # fmt: skip
+            tasks.add,
+            1,
+            b=2,
+            priority=pq.Priority.HIGH,
+            queue="mail",
+            client_id="c-1",
+            max_attempts=3,
+            max_runtime=dt.timedelta(seconds=90),
+        )
         stored = Task.objects.get(pk=task.pk)
         assert stored.name == "tests.testapp.tasks:add"
         assert stored.decoded_arguments() == ((1,), {"b": 2})
@@ -259,12 +265,23 @@ class TestUpsert:
 
     def test_resets_a_finished_task_to_pending(self):
         task = baker.make(
-            Task, name="tests.testapp.tasks:add", client_id="sum", status=Status.FAILED,
-            attempts=3, error="boom", error_code=ErrorCode.EXCEPTION, result={"x": 1},
-        )  # fmt: skip
+            Task,
+            name="tests.testapp.tasks:add",
+            client_id="sum",
+            status=Status.FAILED,
+            attempts=3,
+            error="boom",
+            error_code=ErrorCode.EXCEPTION,
+            result={"x": 1},
+        )
         again = pq.upsert(tasks.add, 1, 2, client_id="sum")
         assert again.pk == task.pk
-        assert (again.status, again.attempts, again.error, again.error_code) == ("pending", 0, "", "")
+        assert (again.status, again.attempts, again.error, again.error_code) == (
+            "pending",
+            0,
+            "",
+            "",
+        )
         assert again.result is None
 
     def test_parks_the_new_version_on_a_running_task(self):
@@ -399,9 +416,15 @@ class TestRetry:
     @pytest.mark.parametrize("status", [Status.FAILED, Status.CANCELLED])
     def test_failed_or_cancelled_goes_back_to_pending_with_attempts_kept(self, status):
         task = baker.make(
-            Task, name="x:y", status=status, attempts=2, max_attempts=2, error="boom",
-            error_code=ErrorCode.EXCEPTION, finished_at=db_now(),
-        )  # fmt: skip
+            Task,
+            name="x:y",
+            status=status,
+            attempts=2,
+            max_attempts=2,
+            error="boom",
+            error_code=ErrorCode.EXCEPTION,
+            finished_at=db_now(),
+        )
         assert pq.retry(task) is True
         task.refresh_from_db()
         assert (task.status, task.attempts, task.finished_at) == ("pending", 2, None)
@@ -419,8 +442,13 @@ class TestRetry:
 class TestQuerySets:
     def test_lookups_named_after_states(self):
         for status in Status.values:
-            baker.make(Task, name="x:y", status=status, _quantity=2,
-                       run_token="00000000-0000-0000-0000-000000000001")  # fmt: skip
+            baker.make(
+                Task,
+                name="x:y",
+                status=status,
+                _quantity=2,
+                run_token="00000000-0000-0000-0000-000000000001",
+            )
         for status in Status.values:
             assert getattr(Task.objects, status)().count() == 2
         assert Task.objects.finished().count() == 6

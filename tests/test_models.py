@@ -43,9 +43,19 @@ def test_hot_table_storage_is_tuned_for_a_queue():
 
 
 def insert_task(**columns) -> str:
-    values = {"queue": "default", "name": "a:b", "payload": "{}", "priority": 50,
-              "status": "pending", "attempts": 0, "max_attempts": 1, "error": "",
-              "error_code": "", "is_cancel_requested": False, **columns}  # fmt: skip
+    values = {
+        "queue": "default",
+        "name": "a:b",
+        "payload": "{}",
+        "priority": 50,
+        "status": "pending",
+        "attempts": 0,
+        "max_attempts": 1,
+        "error": "",
+        "error_code": "",
+        "is_cancel_requested": False,
+        **columns,
+    }
     names = ", ".join(values)
     marks = ", ".join(["%s"] * len(values))
     return refused(f"INSERT INTO pq_tasks ({names}) VALUES ({marks})", list(values.values()))
@@ -81,9 +91,18 @@ def test_one_task_per_schedule_slot():
 
 
 def insert_periodic(**columns) -> str:
-    values = {"name": "a:b", "key": "", "payload": "{}", "priority": 50, "queue": "default",
-              "timezone": "UTC", "active": True, "skipped_runs": 0, "is_declared": False,
-              **columns}  # fmt: skip
+    values = {
+        "name": "a:b",
+        "key": "",
+        "payload": "{}",
+        "priority": 50,
+        "queue": "default",
+        "timezone": "UTC",
+        "active": True,
+        "skipped_runs": 0,
+        "is_declared": False,
+        **columns,
+    }
     names = ", ".join(values)
     marks = ", ".join(["%s"] * len(values))
     return refused(f"INSERT INTO pq_periodic ({names}) VALUES ({marks})", list(values.values()))
@@ -93,7 +112,10 @@ def insert_periodic(**columns) -> str:
     ("columns", "constraint"),
     [
         ({"cron": None, "run_every": None}, "pq_periodic_one_of_interval_or_cron"),
-        ({"cron": "* * * * *", "run_every": dt.timedelta(1)}, "pq_periodic_one_of_interval_or_cron"),
+        (
+            {"cron": "* * * * *", "run_every": dt.timedelta(1)},
+            "pq_periodic_one_of_interval_or_cron",
+        ),
         ({"run_every": dt.timedelta(0)}, "pq_periodic_interval_positive"),
         ({"run_every": dt.timedelta(1), "priority": 300}, "pq_periodic_priority_range"),
         ({"run_every": dt.timedelta(1), "max_concurrent": 0}, "pq_periodic_max_concurrent_min"),

@@ -7,6 +7,7 @@ into the parent's loop, which this process is a copy of.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import inspect
 import json
@@ -146,29 +147,48 @@ def execute(claimed: Claimed, max_memory_mb: float | None = None) -> dict[str, A
     except PayloadError as error:
         return {"status": "failed", "error_code": "bad_payload", "error": str(error)}
     run = signals.TaskRun(
-        id=claimed.id, name=claimed.name, queue=claimed.queue, priority=claimed.priority,
-        attempt=claimed.attempts, max_attempts=claimed.max_attempts, args=args, kwargs=kwargs,
-        client_id=claimed.client_id, periodic_id=claimed.periodic_id,
-    )  # fmt: skip
+        id=claimed.id,
+        name=claimed.name,
+        queue=claimed.queue,
+        priority=claimed.priority,
+        attempt=claimed.attempts,
+        max_attempts=claimed.max_attempts,
+        args=args,
+        kwargs=kwargs,
+        client_id=claimed.client_id,
+        periodic_id=claimed.periodic_id,
+    )
     hook_errors: list[str] = []
     _send_hook(signals.task_started, hook_errors, sender=func, task=run)
     report: dict[str, Any]
     result: Any = None
     try:
         result = _call(func, args, kwargs)
-        report = {"status": "completed", "result": json.dumps(encode_value(result, where="the return value"))}
-    except BaseException as error:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
+        report = {
+            "status": "completed",
+            "result": json.dumps(encode_value(result, where="the return value")),
+        }
+    except BaseException as error:
         if isinstance(error, MemoryError) and max_memory_mb is not None:
-            report = {"status": "failed", "error_code": "memory", "error": (
-                f"The task exceeded its memory limit of {max_memory_mb:g} MB "
-                f"(an allocation failed).\n{_describe(error)}")}  # fmt: skip
+            report = {
+                "status": "failed",
+                "error_code": "memory",
+                "error": (
+                    f"The task exceeded its memory limit of {max_memory_mb:g} MB "
+                    f"(an allocation failed).\n{_describe(error)}"
+                ),
+            }
         else:
             report = {"status": "failed", "error_code": "exception", "error": _describe(error)}
     _send_hook(
-        signals.task_finished, hook_errors, sender=func, task=run, status=report["status"],
+        signals.task_finished,
+        hook_errors,
+        sender=func,
+        task=run,
+        status=report["status"],
         result=result if report["status"] == "completed" else None,
         error=report.get("error", ""),
-    )  # fmt: skip
+    )
     if hook_errors:
         report["error"] = "\n".join(filter(None, [report.get("error", ""), *hook_errors]))
     return report
@@ -183,9 +203,12 @@ def _describe(error: BaseException) -> str:
 
 
 def run_child(
-    claimed: Claimed, report_fd: int, parent_pid: int, lease: LeaseClock,
+    claimed: Claimed,
+    report_fd: int,
+    parent_pid: int,
+    lease: LeaseClock,
     max_memory_mb: float | None,
-) -> NoReturn:  # fmt: skip
+) -> NoReturn:
     """Entry point right after ``fork()``: run one task, write its report, exit."""
     code = 0
     try:
@@ -195,17 +218,13 @@ def run_child(
         view = memoryview(data)
         while view:
             view = view[os.write(report_fd, view) :]
-    except BaseException:  # noqa: BLE001 - the parent records a crash from the exit status
+    except BaseException:
         code = 70
-        try:
+        with contextlib.suppress(BaseException):
             traceback.print_exc()
-        except BaseException:  # noqa: BLE001
-            pass
     finally:
-        try:
+        with contextlib.suppress(BaseException):
             connections.close_all()  # the child's own connections: say goodbye properly
             sys.stdout.flush()
             sys.stderr.flush()
-        except BaseException:  # noqa: BLE001
-            pass
         os._exit(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -78,14 +79,13 @@ def _signal_group(pid: int, signum: int) -> None:
     except ProcessLookupError:
         pass
     except PermissionError:  # the child has not yet made its own group
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
 
 
-def fork_child(task: Claimed, lease: LeaseClock, max_runtime: float | None,
-               max_memory_mb: float | None) -> RunningChild:  # fmt: skip
+def fork_child(
+    task: Claimed, lease: LeaseClock, max_runtime: float | None, max_memory_mb: float | None
+) -> RunningChild:
     """Fork a child running ``task``; returns its record in the parent."""
     read_fd, write_fd = os.pipe()
     parent_pid = os.getpid()
@@ -96,10 +96,8 @@ def fork_child(task: Claimed, lease: LeaseClock, max_runtime: float | None,
             os.close(read_fd)
             run_child(task, write_fd, parent_pid, lease, max_memory_mb)
         # Also set from the parent, so killpg works even before the child gets to it.
-        try:
+        with contextlib.suppress(OSError):
             os.setpgid(pid, pid)
-        except OSError:
-            pass
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     os.close(write_fd)
@@ -123,22 +121,31 @@ def judge(
     peak_rss = int(usage.ru_maxrss) * 1024 if usage is not None else None
     cpu = float(usage.ru_utime + usage.ru_stime) if usage is not None else None
     common: dict[str, Any] = {
-        "task_id": child.task.id, "run_token": child.task.run_token,
-        "peak_rss": peak_rss, "cpu_seconds": cpu, "retry_delay": retry_delay,
-    }  # fmt: skip
+        "task_id": child.task.id,
+        "run_token": child.task.run_token,
+        "peak_rss": peak_rss,
+        "cpu_seconds": cpu,
+        "retry_delay": retry_delay,
+    }
     report = _parse(child.report)
     if child.stop_reason == "cancelled" and not (report and report.get("status") == "completed"):
-        return Outcome(status="cancelled", error_code="cancelled", error=child.stop_message, **common)
+        return Outcome(
+            status="cancelled", error_code="cancelled", error=child.stop_message, **common
+        )
     if child.stop_reason and not report:
-        return Outcome(status="failed", error_code=child.stop_reason, error=child.stop_message,
-                       **common)  # fmt: skip
+        return Outcome(
+            status="failed", error_code=child.stop_reason, error=child.stop_message, **common
+        )
     if report:
         error = _bounded(str(report.get("error", "")), error_max_length)
         if report.get("status") == "completed":
             return Outcome(status="completed", result=report.get("result"), error=error, **common)
         code = str(report.get("error_code") or "exception")
         if child.stop_reason:
-            code, error = child.stop_reason, _bounded(f"{child.stop_message}\n{error}", error_max_length)
+            code, error = (
+                child.stop_reason,
+                _bounded(f"{child.stop_message}\n{error}", error_max_length),
+            )
         return Outcome(status="failed", error_code=code, error=error, **common)
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
@@ -148,10 +155,12 @@ def judge(
         return Outcome(status="failed", error_code="signal", error=message, **common)
     code_number = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
     return Outcome(
-        status="failed", error_code="exception",
+        status="failed",
+        error_code="exception",
         error=f"The task's process exited with status {code_number} without reporting "
-        "(os._exit, or a crash before it could report).", **common,
-    )  # fmt: skip
+        "(os._exit, or a crash before it could report).",
+        **common,
+    )
 
 
 def _parse(report: bytearray) -> dict[str, Any] | None:

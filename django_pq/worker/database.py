@@ -7,6 +7,7 @@ the worker logs once, reconnects with capped backoff and carries on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -19,7 +20,13 @@ from django.db import connections
 logger = logging.getLogger("django_pq.worker")
 
 # OPTIONS keys that Django interprets itself rather than passing to libpq.
-_DJANGO_ONLY_OPTIONS = {"isolation_level", "server_side_binding", "assume_role", "pool", "cursor_factory"}
+_DJANGO_ONLY_OPTIONS = {
+    "isolation_level",
+    "server_side_binding",
+    "assume_role",
+    "pool",
+    "cursor_factory",
+}
 
 
 def connection_params(alias: str) -> dict[str, Any]:
@@ -95,10 +102,8 @@ class Database:
     def lost(self, error: BaseException) -> None:
         """Drop a connection that failed mid-statement; the next call reconnects."""
         if self.conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self.conn.close()
-            except psycopg.Error:
-                pass
         self.conn = None
         self._failed(error)
 
@@ -129,8 +134,6 @@ class Database:
 
     def close(self) -> None:
         if self.conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 self.conn.close()
-            except psycopg.Error:
-                pass
             self.conn = None

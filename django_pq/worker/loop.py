@@ -8,6 +8,7 @@ records outcomes in batches that are retried until the database takes them.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import Any
 
 import psycopg
 from django.db import connections
+from psycopg.types.json import Jsonb
 
 from django_pq import __version__
 from django_pq.worker import sql
@@ -120,8 +122,9 @@ class WorkerLoop:
         # The parent talks to the database only through self.db; Django's connections
         # are closed so no child ever inherits a live one.
         connections.close_all()
-        logger.info("Worker %s starting: %s", self.id, self.config.describe(),
-                    extra={"worker_id": self.id})  # fmt: skip
+        logger.info(
+            "Worker %s starting: %s", self.id, self.config.describe(), extra={"worker_id": self.id}
+        )
         try:
             while self._step():
                 pass
@@ -165,12 +168,16 @@ class WorkerLoop:
 
     def _register(self) -> None:
         params = {
-            "id": self.id, "hostname": socket.gethostname(), "pid": os.getpid(),
-            "queues": psycopg.types.json.Jsonb(list(self.config.queues)),
-            "priorities": psycopg.types.json.Jsonb(list(self.config.priorities)),
-            "min_priority": self.config.min_priority, "concurrency": self.config.concurrency,
-            "lease": self.config.lease, "version": __version__,
-        }  # fmt: skip
+            "id": self.id,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": Jsonb(list(self.config.queues)),
+            "priorities": Jsonb(list(self.config.priorities)),
+            "min_priority": self.config.min_priority,
+            "concurrency": self.config.concurrency,
+            "lease": self.config.lease,
+            "version": __version__,
+        }
         sent = time.monotonic()
         if self.db.execute(sql.REGISTER, params) is not None:
             self.registered = True
@@ -206,15 +213,22 @@ class WorkerLoop:
     def _shut_down(self, now: float) -> None:
         if self.drain_deadline is None:
             self.drain_deadline = now + self.config.drain_timeout
-            logger.info("Stopping: no new tasks; draining %d running for up to %ss",
-                        len(self.children), self.config.drain_timeout)  # fmt: skip
+            logger.info(
+                "Stopping: no new tasks; draining %d running for up to %ss",
+                len(self.children),
+                self.config.drain_timeout,
+            )
         if self.signals_received >= 2 or now >= self.drain_deadline:
             grace = 0.0 if self.signals_received >= 2 else self.config.kill_grace
             for child in self.children.values():
                 if not child.stop_reason:
                     self.killed_at_shutdown = True
-                    child.stop("shutdown", "The worker stopped before the task finished "
-                               f"(drain timeout {self.config.drain_timeout}s).", grace)  # fmt: skip
+                    child.stop(
+                        "shutdown",
+                        "The worker stopped before the task finished "
+                        f"(drain timeout {self.config.drain_timeout}s).",
+                        grace,
+                    )
 
     # -- claiming and forking ----------------------------------------------------------
 
@@ -231,8 +245,9 @@ class WorkerLoop:
             return  # a child's exit will set should_claim again
         self.should_claim = False
         self.next_poll = now + self.config.poll_interval
-        rows = self.db.execute(sql.claim_statement(self.config),
-                               sql.claim_params(self.config, self.id, free))  # fmt: skip
+        rows = self.db.execute(
+            sql.claim_statement(self.config), sql.claim_params(self.config, self.id, free)
+        )
         if rows is None:
             return
         claimed = sorted((Claimed(*row) for row in rows), key=lambda t: (-t.priority, t.id))
@@ -255,15 +270,21 @@ class WorkerLoop:
         child = fork_child(task, self.lease, max_runtime, self.config.max_memory_mb)
         self.children[child.pid] = child
         self.started_tasks += 1
-        logger.info("Started task %s %s (attempt %d/%d) in pid %d", task.id, task.name,
-                    task.attempts, task.max_attempts, child.pid,
-                    extra=_task_extra(task, pid=child.pid))  # fmt: skip
+        logger.info(
+            "Started task %s %s (attempt %d/%d) in pid %d",
+            task.id,
+            task.name,
+            task.attempts,
+            task.max_attempts,
+            child.pid,
+            extra=_task_extra(task, pid=child.pid),
+        )
 
     # -- watching children -------------------------------------------------------------
 
     def _collect_children(self) -> None:
-        for child in self.children.values():
-            child.read_report()
+        for running in self.children.values():
+            running.read_report()
         while self.children:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -284,19 +305,29 @@ class WorkerLoop:
         delay = self._retry_delay(child.task.attempts)
         outcome = judge(child, status, usage, self.config.error_max_length, delay)
         duration = time.monotonic() - child.started
-        extra = _task_extra(child.task, duration=round(duration, 4), status=outcome.status,
-                            error_code=outcome.error_code)  # fmt: skip
+        extra = _task_extra(
+            child.task,
+            duration=round(duration, 4),
+            status=outcome.status,
+            error_code=outcome.error_code,
+        )
         if outcome.status == "completed":
             logger.info("Task %s completed in %.3fs", child.task.id, duration, extra=extra)
         else:
-            logger.warning("Task %s %s (%s) after %.3fs", child.task.id, outcome.status,
-                           outcome.error_code, duration, extra=extra)  # fmt: skip
+            logger.warning(
+                "Task %s %s (%s) after %.3fs",
+                child.task.id,
+                outcome.status,
+                outcome.error_code,
+                duration,
+                extra=extra,
+            )
         self.unwritten.append(outcome)
 
     def _retry_delay(self, attempt: int) -> float:
         """Exponential backoff with jitter: base * 2^(attempt-1), capped, half of it random."""
-        ceiling = min(self.config.retry_max_delay,
-                      self.config.retry_delay * 2 ** max(attempt - 1, 0))  # fmt: skip
+        growth: float = 2.0 ** max(attempt - 1, 0)
+        ceiling = min(self.config.retry_max_delay, self.config.retry_delay * growth)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def _enforce_limits(self, now: float) -> None:
@@ -309,18 +340,29 @@ class WorkerLoop:
             if child.stop_reason:
                 continue
             if lease_lapsing:
-                child.stop("worker_lost", "The worker could not renew its lease (database "
-                           "unreachable), so it stopped the task before another worker "
-                           "could take it over.", 0)  # fmt: skip
+                child.stop(
+                    "worker_lost",
+                    "The worker could not renew its lease (database "
+                    "unreachable), so it stopped the task before another worker "
+                    "could take it over.",
+                    0,
+                )
             elif child.deadline is not None and now >= child.deadline:
                 limit = child.deadline - child.started
-                child.stop("timeout", f"The task ran past its max_runtime of {limit:g}s.",
-                           self.config.kill_grace)  # fmt: skip
+                child.stop(
+                    "timeout",
+                    f"The task ran past its max_runtime of {limit:g}s.",
+                    self.config.kill_grace,
+                )
             elif check_memory and self.config.max_memory_mb is not None:
                 rss = child.rss_bytes()
                 if rss is not None and rss > self.config.max_memory_mb * 1024 * 1024:
-                    child.stop("memory", f"The task exceeded {self.config.max_memory_mb:g} MB "
-                               f"(resident size {rss / 1048576:.0f} MB).", 0)  # fmt: skip
+                    child.stop(
+                        "memory",
+                        f"The task exceeded {self.config.max_memory_mb:g} MB "
+                        f"(resident size {rss / 1048576:.0f} MB).",
+                        0,
+                    )
 
     # -- database chores ---------------------------------------------------------------
 
@@ -335,8 +377,11 @@ class WorkerLoop:
         if renewed:
             self._renewed(now)
         else:
-            logger.error("Worker %s lost its lease (stalled or reaped); stopping its tasks "
-                         "and registering again", self.id)  # fmt: skip
+            logger.error(
+                "Worker %s lost its lease (stalled or reaped); stopping its tasks "
+                "and registering again",
+                self.id,
+            )
             for child in self.children.values():
                 child.stop("worker_lost", "The worker lost its lease while running the task.", 0)
             self.registered = False
@@ -348,9 +393,13 @@ class WorkerLoop:
             return
         batch, self.unwritten = self.unwritten, []
         try:
-            rows = self.db.execute(sql.FINISH_STATEMENT, sql.finish_params(batch, self.config.channel))
+            rows = self.db.execute(
+                sql.FINISH_STATEMENT, sql.finish_params(batch, self.config.channel)
+            )
         except psycopg.Error:
-            logger.exception("Could not record %d outcomes together; recording one by one", len(batch))
+            logger.exception(
+                "Could not record %d outcomes together; recording one by one", len(batch)
+            )
             rows = self._flush_one_by_one(batch)
         if rows is None:
             self.unwritten = batch + self.unwritten  # database away: keep them for later
@@ -358,24 +407,33 @@ class WorkerLoop:
         written = {row[0] for row in rows}
         for outcome in batch:
             if outcome.task_id not in written:
-                logger.warning("Outcome of task %s was refused: its run token is no longer "
-                               "current (reaped or cancelled meanwhile)", outcome.task_id,
-                               extra={"task_id": outcome.task_id})  # fmt: skip
+                logger.warning(
+                    "Outcome of task %s was refused: its run token is no longer "
+                    "current (reaped or cancelled meanwhile)",
+                    outcome.task_id,
+                    extra={"task_id": outcome.task_id},
+                )
 
     def _flush_one_by_one(self, batch: list[Outcome]) -> list[tuple[Any, ...]] | None:
         rows: list[tuple[Any, ...]] = []
         for outcome in batch:
             try:
-                result = self.db.execute(sql.FINISH_STATEMENT,
-                                         sql.finish_params([outcome], self.config.channel))  # fmt: skip
+                result = self.db.execute(
+                    sql.FINISH_STATEMENT, sql.finish_params([outcome], self.config.channel)
+                )
             except psycopg.Error as error:
                 # The outcome itself is unstorable (say, a result Postgres rejects): keep
                 # the verdict, drop what cannot be stored.
-                fallback = Outcome(task_id=outcome.task_id, run_token=outcome.run_token,
-                                   status="failed", error_code="exception",
-                                   error=f"The task's outcome could not be stored: {error}")  # fmt: skip
-                result = self.db.execute(sql.FINISH_STATEMENT,
-                                         sql.finish_params([fallback], self.config.channel))  # fmt: skip
+                fallback = Outcome(
+                    task_id=outcome.task_id,
+                    run_token=outcome.run_token,
+                    status="failed",
+                    error_code="exception",
+                    error=f"The task's outcome could not be stored: {error}",
+                )
+                result = self.db.execute(
+                    sql.FINISH_STATEMENT, sql.finish_params([fallback], self.config.channel)
+                )
             if result is None:
                 return None
             rows += result
@@ -389,13 +447,21 @@ class WorkerLoop:
         if not rows:
             return
         outcomes = [
-            Outcome(task_id=task_id, run_token=token, status="failed", error_code="worker_lost",
-                    error="The worker running this task stopped renewing its lease.",
-                    retry_delay=self._retry_delay(1))
+            Outcome(
+                task_id=task_id,
+                run_token=token,
+                status="failed",
+                error_code="worker_lost",
+                error="The worker running this task stopped renewing its lease.",
+                retry_delay=self._retry_delay(1),
+            )
             for task_id, token, _name in rows
-        ]  # fmt: skip
-        logger.warning("Reaping %d tasks of lost workers: %s", len(rows),
-                       ", ".join(str(row[0]) for row in rows))  # fmt: skip
+        ]
+        logger.warning(
+            "Reaping %d tasks of lost workers: %s",
+            len(rows),
+            ", ".join(str(row[0]) for row in rows),
+        )
         self.db.execute(sql.FINISH_STATEMENT, sql.finish_params(outcomes, self.config.channel))
 
     def _prune_if_due(self, now: float) -> None:
@@ -408,8 +474,9 @@ class WorkerLoop:
             if conn is None:
                 return
             try:
-                deleted = conn.execute(sql.PRUNE_TASKS,
-                                       {"retention": self.config.retention, "batch": batch}).rowcount  # fmt: skip
+                deleted = conn.execute(
+                    sql.PRUNE_TASKS, {"retention": self.config.retention, "batch": batch}
+                ).rowcount
             except psycopg.OperationalError as error:
                 self.db.lost(error)
                 return
@@ -446,10 +513,8 @@ class WorkerLoop:
         for child in self.children.values():
             if not child.pipe_closed:
                 poller.register(child.report_fd, select.POLLIN)
-        try:
+        with contextlib.suppress(InterruptedError):
             poller.poll(timeout * 1000)
-        except InterruptedError:
-            pass
         try:
             while os.read(self._wakeup_read, 512):
                 pass
@@ -459,5 +524,10 @@ class WorkerLoop:
 
 
 def _task_extra(task: Claimed, **more: Any) -> dict[str, Any]:
-    return {"task_id": task.id, "task_name": task.name, "queue": task.queue,
-            "attempt": task.attempts, **more}  # fmt: skip
+    return {
+        "task_id": task.id,
+        "task_name": task.name,
+        "queue": task.queue,
+        "attempt": task.attempts,
+        **more,
+    }

@@ -12,3 +12,6 @@ class RunLog(models.Model):
     pid = models.IntegerField()
     value = models.TextField(blank=True, default="")
     at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.task_id} {self.pid} {self.value}"

@@ -56,7 +56,9 @@ class WorkerProcess:
     """A ``manage.py pq_worker`` process with its output in a file."""
 
     def __init__(self, args: list[str], settings: dict[str, Any], database_url: str) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix="pq-worker-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - open for the process's life
+            prefix="pq-worker-", suffix=".log", delete=False
+        )
         env = {
             **os.environ,
             "DATABASE_URL": database_url,
@@ -66,8 +68,11 @@ class WorkerProcess:
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "django", "pq_worker", "-v", "2", *args],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     @property
     def pid(self) -> int:
@@ -124,8 +129,12 @@ def _children_alive(workers: list[WorkerProcess]) -> bool:
     return False
 
 
-def run_burst(start_worker: Callable[..., WorkerProcess], *args: str,
-              settings: dict[str, Any] | None = None, timeout: float = 60) -> WorkerProcess:  # fmt: skip
+def run_burst(
+    start_worker: Callable[..., WorkerProcess],
+    *args: str,
+    settings: dict[str, Any] | None = None,
+    timeout: float = 60,
+) -> WorkerProcess:
     """Run a worker with --burst to completion; assert it exited 0."""
     worker = start_worker("--burst", *args, settings=settings)
     code = worker.wait(timeout)

@@ -60,8 +60,12 @@ def test_kill_9_of_the_parent_kills_children_and_another_worker_reaps(start_work
     once = pq.enqueue(tasks.sleep, 60, label="once")
     retried = pq.enqueue(tasks.sleep, 60, label="retried", max_attempts=2)
     victim = start_worker("--concurrency", "2")
-    starts = wait_until(lambda: RunLog.objects.filter(event="start").count() == 2 and
-                        list(RunLog.objects.filter(event="start")))  # fmt: skip
+    starts = wait_until(
+        lambda: (
+            RunLog.objects.filter(event="start").count() == 2
+            and list(RunLog.objects.filter(event="start"))
+        )
+    )
     os.kill(victim.pid, signal.SIGKILL)
     for start in starts:
         wait_until(lambda pid=start.pid: not _alive(pid), 10, "the orphaned child to die")
@@ -144,7 +148,11 @@ def test_priority_and_queue_dedicated_workers(start_worker):
     mail = pq.enqueue(tasks.log_run, "mail", queue="mail", priority=pq.Priority.CRITICAL)
     run_burst(start_worker, "--priority", "high", "--queue", "default")
     assert [status_of(t) for t in (high, critical, normal, mail)] == [
-        "completed", "pending", "pending", "pending"]  # fmt: skip
+        "completed",
+        "pending",
+        "pending",
+        "pending",
+    ]
     run_burst(start_worker, "--min-priority", "90", "--queue", "default")
     assert [status_of(t) for t in (critical, normal, mail)] == ["completed", "pending", "pending"]
     run_burst(start_worker, "--queue", "mail")
@@ -160,8 +168,11 @@ def test_retries_back_off_and_then_succeed(start_worker):
     doomed.refresh_from_db()
     assert task.attempts == 3 and task.decoded_result() == 3
     assert doomed.attempts == 2 and "failing run 2" in doomed.error
-    times = list(RunLog.objects.filter(event="attempt", value="k").order_by("id")
-                 .values_list("at", flat=True))  # fmt: skip
+    times = list(
+        RunLog.objects.filter(event="attempt", value="k")
+        .order_by("id")
+        .values_list("at", flat=True)
+    )
     # Backoff 0.3s then 0.6s, each with up to half of it as jitter.
     assert (times[1] - times[0]).total_seconds() >= 0.15
     assert (times[2] - times[1]).total_seconds() >= 0.3
@@ -175,9 +186,15 @@ def test_upsert_while_running_parks_and_then_runs_the_new_version(start_worker):
     pq.upsert(tasks.wait_for_file, str(release), label="v2", client_id="job")
     pq.upsert(tasks.wait_for_file, str(release), label="v3", client_id="job")
     release.touch()
-    wait_until(lambda: status_of(task) == "completed" and task.attempts == 1
-               and task.decoded_result() == "v3", 20)  # fmt: skip
-    labels = list(RunLog.objects.filter(event="start").order_by("id").values_list("value", flat=True))
+    wait_until(
+        lambda: (
+            status_of(task) == "completed" and task.attempts == 1 and task.decoded_result() == "v3"
+        ),
+        20,
+    )
+    labels = list(
+        RunLog.objects.filter(event="start").order_by("id").values_list("value", flat=True)
+    )
     assert labels == ["v1", "v3"]
 
 
@@ -202,8 +219,9 @@ def test_terminated_connection_is_reestablished(start_worker):
     with connect_like_django() as admin:
         killed = admin.execute(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = %s", [f"pq_worker:{worker.pid}"],
-        ).fetchone()[0]  # fmt: skip
+            "WHERE application_name = %s",
+            [f"pq_worker:{worker.pid}"],
+        ).fetchone()[0]
     assert killed == 1
     wait_until(lambda: status_of(running) == "completed", 20)
     later = pq.enqueue(tasks.add, 1, 2)
@@ -224,8 +242,11 @@ def test_terminated_connection_is_reestablished(start_worker):
 def test_bad_flags_fail_fast_with_a_clear_message(flags, message):
     result = subprocess.run(
         [sys.executable, "-m", "django", "pq_worker", *flags],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    )
     assert result.returncode == ExitCode.USAGE
     assert message in result.stderr

@@ -155,9 +155,10 @@ def test_hostile_rows_run_nothing_and_import_nothing(start_worker):
     assert codes["tests.testapp.tasks:nonexistent"] == "unknown_task"
     assert codes["no-colon"] == "unknown_task"
     assert sorted(
-        Task.objects.filter(name="tests.testapp.tasks:add").exclude(pk=good.pk)
+        Task.objects.filter(name="tests.testapp.tasks:add")
+        .exclude(pk=good.pk)
         .values_list("error_code", flat=True)
-    ) == ["bad_payload", "bad_payload"]  # fmt: skip
+    ) == ["bad_payload", "bad_payload"]
     assert not marker.exists() and not side_effect_marker.exists()
     assert outcome(good) == ("completed", "")
 

@@ -24,29 +24,77 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []  # checks run below, without touching the database
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
-                            help="Tasks run at once, each in its own process (default: CPU count, %(default)s).")
-        parser.add_argument("--queue", action="append", dest="queues", default=[], metavar="NAME",
-                            help="Only claim from this queue; repeat for several (default: every queue).")
-        parser.add_argument("--priority", action="append", dest="priorities", default=[], metavar="LEVEL",
-                            help="Only claim this priority (batch, low, normal, high, critical or 0..100); "
-                            "repeat for several (default: all).")
-        parser.add_argument("--min-priority", metavar="LEVEL",
-                            help="Only claim tasks of this priority or higher (default: no minimum).")
-        parser.add_argument("--max-runtime", type=float, metavar="SECONDS",
-                            help="Limit for tasks without their own max_runtime (default: PQ_MAX_RUNTIME).")
-        parser.add_argument("--max-memory", type=float, dest="max_memory_mb", metavar="MB",
-                            help="Resident memory limit per task process (default: PQ_MAX_MEMORY).")
-        parser.add_argument("--drain-timeout", type=float, metavar="SECONDS",
-                            help="After SIGTERM, let running tasks finish this long (default: PQ_DRAIN_TIMEOUT).")
-        parser.add_argument("--poll-interval", type=float, metavar="SECONDS",
-                            help="Fallback poll when no notification arrives (default: PQ_POLL_INTERVAL).")
-        parser.add_argument("--no-listen", action="store_false", dest="listen", default=None,
-                            help="Do not LISTEN (behind a pooler in transaction mode); poll only.")
-        parser.add_argument("--burst", action="store_true",
-                            help="Exit 0 once no ready task is left (default: run until stopped).")
-        parser.add_argument("--max-tasks", type=int, metavar="N",
-                            help="Exit 0 after starting N tasks (default: no limit).")
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=os.cpu_count() or 1,
+            help="Tasks run at once, each in its own process (default: CPU count, %(default)s).",
+        )
+        parser.add_argument(
+            "--queue",
+            action="append",
+            dest="queues",
+            default=[],
+            metavar="NAME",
+            help="Only claim from this queue; repeat for several (default: every queue).",
+        )
+        parser.add_argument(
+            "--priority",
+            action="append",
+            dest="priorities",
+            default=[],
+            metavar="LEVEL",
+            help="Only claim this priority (batch, low, normal, high, critical or 0..100); "
+            "repeat for several (default: all).",
+        )
+        parser.add_argument(
+            "--min-priority",
+            metavar="LEVEL",
+            help="Only claim tasks of this priority or higher (default: no minimum).",
+        )
+        parser.add_argument(
+            "--max-runtime",
+            type=float,
+            metavar="SECONDS",
+            help="Limit for tasks without their own max_runtime (default: PQ_MAX_RUNTIME).",
+        )
+        parser.add_argument(
+            "--max-memory",
+            type=float,
+            dest="max_memory_mb",
+            metavar="MB",
+            help="Resident memory limit per task process (default: PQ_MAX_MEMORY).",
+        )
+        parser.add_argument(
+            "--drain-timeout",
+            type=float,
+            metavar="SECONDS",
+            help="After SIGTERM, let running tasks finish this long (default: PQ_DRAIN_TIMEOUT).",
+        )
+        parser.add_argument(
+            "--poll-interval",
+            type=float,
+            metavar="SECONDS",
+            help="Fallback poll when no notification arrives (default: PQ_POLL_INTERVAL).",
+        )
+        parser.add_argument(
+            "--no-listen",
+            action="store_false",
+            dest="listen",
+            default=None,
+            help="Do not LISTEN (behind a pooler in transaction mode); poll only.",
+        )
+        parser.add_argument(
+            "--burst",
+            action="store_true",
+            help="Exit 0 once no ready task is left (default: run until stopped).",
+        )
+        parser.add_argument(
+            "--max-tasks",
+            type=int,
+            metavar="N",
+            help="Exit 0 after starting N tasks (default: no limit).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options["verbosity"])
@@ -56,7 +104,8 @@ class Command(BaseCommand):
                 concurrency=options["concurrency"],
                 queues=tuple(options["queues"]),
                 priorities=parse_priorities(options["priorities"]),
-                min_priority=None if options["min_priority"] is None
+                min_priority=None
+                if options["min_priority"] is None
                 else parse_priority(options["min_priority"], "--min-priority"),
                 max_runtime=options["max_runtime"],
                 max_memory_mb=options["max_memory_mb"],
@@ -75,5 +124,7 @@ class Command(BaseCommand):
         logger.setLevel(_VERBOSITY_LEVELS.get(verbosity, logging.INFO))
         if not logger.handlers and not logging.getLogger().handlers:
             handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(message)s"))
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(message)s")
+            )
             logger.addHandler(handler)
