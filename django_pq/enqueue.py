@@ -23,7 +23,7 @@ from django_pq.codec import encode_payload
 from django_pq.conf import pq_settings
 from django_pq.exceptions import DuplicateClientId, TaskRefused
 from django_pq.models import VERSION_FIELDS, Priority, Task
-from django_pq.notify import notifying
+from django_pq.notify import column_arrays, notifying
 from django_pq.task_paths import task_path
 
 __all__ = ["PreparedTask", "cancel", "enqueue", "enqueue_many", "prepare", "retry", "upsert"]
@@ -144,6 +144,10 @@ _ROWS = """
     ) WITH ORDINALITY
     AS r(queue, name, payload, priority, run_at, delay, client_id, max_attempts, max_runtime, n)
 """
+_ARRAY_COLUMNS = (
+    "queue", "name", "payload", "priority", "run_at", "delay", "client_id", "max_attempts",
+    "max_runtime",
+)  # fmt: skip
 _INSERT_COLUMNS = """
     INSERT INTO pq_tasks AS t (
         queue, name, payload, priority, run_at, client_id, max_attempts, max_runtime,
@@ -162,17 +166,9 @@ def _with_notify(modifying_sql: str) -> str:
 
 
 def _array_params(prepared: list[PreparedTask]) -> list[Any]:
-    return [
-        [p.queue for p in prepared],
-        [p.name for p in prepared],
-        [json.dumps(p.payload) for p in prepared],
-        [p.priority for p in prepared],
-        [p.run_at for p in prepared],
-        [p.delay for p in prepared],
-        [p.client_id for p in prepared],
-        [p.max_attempts for p in prepared],
-        [p.max_runtime for p in prepared],
-    ]
+    params = column_arrays(prepared, _ARRAY_COLUMNS)
+    params[2] = [json.dumps(payload) for payload in params[2]]
+    return params
 
 
 def _write(sql: str, params: list[Any]) -> list[Task]:

@@ -7,6 +7,14 @@ commits, never before, and never after a rollback.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+
+def column_arrays(rows: Sequence[Any], attributes: Sequence[str]) -> list[list[Any]]:
+    """One list per attribute, for ``unnest(%s, %s, ...)``: many rows in one statement."""
+    return [[getattr(row, attribute) for row in rows] for attribute in attributes]
+
 
 def notifying(modifying_sql: str, returning: str) -> str:
     """Wrap ``INSERT/UPDATE ... `` so the rows it leaves pending NOTIFY, in one statement.

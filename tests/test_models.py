@@ -42,6 +42,12 @@ def test_hot_table_storage_is_tuned_for_a_queue():
     assert "fillfactor=80" in options
 
 
+def refused_insert(table: str, values: dict) -> str:
+    names = ", ".join(values)
+    marks = ", ".join(["%s"] * len(values))
+    return refused(f"INSERT INTO {table} ({names}) VALUES ({marks})", list(values.values()))
+
+
 def insert_task(**columns) -> str:
     values = {
         "queue": "default",
@@ -56,9 +62,7 @@ def insert_task(**columns) -> str:
         "is_cancel_requested": False,
         **columns,
     }
-    names = ", ".join(values)
-    marks = ", ".join(["%s"] * len(values))
-    return refused(f"INSERT INTO pq_tasks ({names}) VALUES ({marks})", list(values.values()))
+    return refused_insert("pq_tasks", values)
 
 
 @pytest.mark.parametrize(
@@ -103,9 +107,7 @@ def insert_periodic(**columns) -> str:
         "is_declared": False,
         **columns,
     }
-    names = ", ".join(values)
-    marks = ", ".join(["%s"] * len(values))
-    return refused(f"INSERT INTO pq_periodic ({names}) VALUES ({marks})", list(values.values()))
+    return refused_insert("pq_periodic", values)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django_pq.models import ErrorCode
-from django_pq.notify import notifying
+from django_pq.notify import column_arrays, notifying
 from django_pq.worker.config import WorkerConfig
 
 #: Failures a task with attempts left is retried after. The others would fail again.
@@ -169,19 +169,9 @@ FINISH_STATEMENT = notifying(_FINISH, "t.id, t.status, t.run_at, t.queue")
 
 
 def finish_params(outcomes: list[Outcome], channel: str) -> list[Any]:
-    return [
-        [o.task_id for o in outcomes],
-        [o.run_token for o in outcomes],
-        [o.status for o in outcomes],
-        [o.error_code for o in outcomes],
-        [o.error for o in outcomes],
-        [o.result for o in outcomes],
-        [o.peak_rss for o in outcomes],
-        [o.cpu_seconds for o in outcomes],
-        [o.retry_delay for o in outcomes],
-        [str(code) for code in RETRYABLE],
-        channel,
-    ]
+    columns = ("task_id", "run_token", "status", "error_code", "error", "result", "peak_rss",
+               "cpu_seconds", "retry_delay")  # fmt: skip
+    return [*column_arrays(outcomes, columns), [str(code) for code in RETRYABLE], channel]
 
 
 REGISTER = """
