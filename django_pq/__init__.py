@@ -12,13 +12,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "enqueue": "django_pq.enqueue",
-    "enqueue_many": "django_pq.enqueue",
-    "prepare": "django_pq.enqueue",
-    "upsert": "django_pq.enqueue",
-    "cancel": "django_pq.enqueue",
-    "retry": "django_pq.enqueue",
-    "PreparedTask": "django_pq.enqueue",
+    "enqueue": "django_pq.enqueueing",
+    "enqueue_many": "django_pq.enqueueing",
+    "prepare": "django_pq.enqueueing",
+    "upsert": "django_pq.enqueueing",
+    "cancel": "django_pq.enqueueing",
+    "retry": "django_pq.enqueueing",
+    "PreparedTask": "django_pq.enqueueing",
+    "schedule": "django_pq.schedules",
+    "unschedule": "django_pq.schedules",
+    "pause": "django_pq.schedules",
+    "resume": "django_pq.schedules",
+    "periodic": "django_pq.declared",
+    "sync_schedules": "django_pq.declared",
     "Priority": "django_pq.models",
     "Status": "django_pq.models",
     "ErrorCode": "django_pq.models",
@@ -37,7 +43,8 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from django_pq.enqueue import (
+    from django_pq.declared import periodic, sync_schedules
+    from django_pq.enqueueing import (
         PreparedTask,
         cancel,
         enqueue,
@@ -56,6 +63,7 @@ if TYPE_CHECKING:
         UnserializableArgument,
     )
     from django_pq.models import ErrorCode, Periodic, Priority, Status, Task, Worker
+    from django_pq.schedules import pause, resume, schedule, unschedule
 
 
 def __getattr__(name: str) -> Any:

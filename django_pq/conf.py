@@ -221,6 +221,19 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+SETTINGS += (
+    Setting(
+        "PQ_SCHEDULES",
+        None,
+        lambda value: value is None or isinstance(value, list | tuple),
+        "None or a list of dicts with a 'task' key",
+        "django_pq.E022",
+        "Schedules declared in settings, synced by pq_sync_schedules and by workers on start: "
+        "[{'task': 'shop.tasks.sync_inventory', 'run_every': timedelta(minutes=5)}, ...]. "
+        "Each dict takes schedule()'s options plus 'args' and 'kwargs'.",
+    ),
+)
+
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
@@ -253,6 +266,7 @@ class PQSettings:
     KILL_GRACE: float
     MAX_MEMORY: float | None
     ERROR_MAX_LENGTH: int
+    SCHEDULES: list[dict[str, Any]] | None
 
 
 pq_settings = PQSettings()

@@ -299,6 +299,31 @@ class Periodic(models.Model):
     def __str__(self) -> str:
         return f"{self.name}[{self.key}]" if self.key else self.name
 
+    @property
+    def description(self) -> str:
+        """A person's reading of the timing: "every 5 minutes", "at 09:00 on Monday (UTC)"."""
+        from django_pq.schedules import describe
+
+        return describe(self)
+
+    def pause(self) -> None:
+        """Stop firing; the row, its history and its runs stay."""
+        from django_pq.schedules import set_active
+
+        set_active(self, False)
+
+    def resume(self) -> None:
+        """Fire again from the next slot after now; missed slots are not made up."""
+        from django_pq.schedules import set_active
+
+        set_active(self, True)
+
+    def run_now(self) -> Task | None:
+        """Fire one run now, leaving ``next_run``; None if ``max_concurrent`` runs are live."""
+        from django_pq.schedules import run_now
+
+        return run_now(self)
+
 
 class WorkerQuerySet(models.QuerySet["Worker"]):
     def alive(self) -> WorkerQuerySet:

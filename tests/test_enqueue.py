@@ -468,3 +468,19 @@ class TestQuerySets:
         assert list(Task.objects.for_function("tests.testapp.tasks:add")) == [task]
         with pytest.raises(Task.DoesNotExist):
             Task.objects.by_client_id("nope")
+
+
+def test_public_names_stay_functions_after_submodules_load():
+    """`pq.enqueue` must be the function even once `django_pq.<submodule>` is imported (a
+    submodule named like a function would shadow it on the package)."""
+    import importlib
+    import pkgutil
+
+    import django_pq
+
+    for module in pkgutil.iter_modules(django_pq.__path__):
+        if module.name not in {"admin"}:
+            importlib.import_module(f"django_pq.{module.name}")
+    for name in django_pq.__all__:
+        value = getattr(django_pq, name)
+        assert not isinstance(value, type(django_pq)), f"django_pq.{name} is a module"

@@ -26,11 +26,13 @@ from django.db import connections
 from psycopg.types.json import Jsonb
 
 from django_pq import __version__
+from django_pq.conf import pq_settings
 from django_pq.worker import sql
 from django_pq.worker.child import LeaseClock
 from django_pq.worker.children import RunningChild, fork_child, judge
 from django_pq.worker.config import WorkerConfig
 from django_pq.worker.database import Database
+from django_pq.worker.firing import fire_due
 from django_pq.worker.sql import Claimed, Outcome
 
 logger = logging.getLogger("django_pq.worker")
@@ -73,6 +75,7 @@ class WorkerLoop:
         self.next_reap = now
         self.next_prune = now
         self.next_memory_check = now
+        self.next_fire = now
         self.lease_deadline = float("inf")
         self._wakeup_read, self._wakeup_write = os.pipe()
 
@@ -92,6 +95,9 @@ class WorkerLoop:
         self.signals_received += 1
 
     def _on_notify(self, payload: str) -> None:
+        if payload.startswith("s:"):
+            self.next_fire = time.monotonic()  # a schedule changed: look again
+            return
         if payload.startswith("c:"):
             self._cancel(int(payload[2:]) if payload[2:].isdigit() else -1)
             return
@@ -151,6 +157,7 @@ class WorkerLoop:
             if not self.signals_received:
                 self._reap_lost_if_due(now)
                 self._prune_if_due(now)
+                self._fire_if_due(now)
                 self._claim_if_due(now)
         if not self.children and not self.signals_received and self._is_done():
             return False
@@ -464,6 +471,22 @@ class WorkerLoop:
         )
         self.db.execute(sql.FINISH_STATEMENT, sql.finish_params(outcomes, self.config.channel))
 
+    def _fire_if_due(self, now: float) -> None:
+        if now < self.next_fire or self.db.conn is None:
+            return
+        try:
+            seconds = fire_due(self.db.conn, self.config.channel, pq_settings.MAX_ATTEMPTS)
+        except psycopg.OperationalError as error:
+            self.db.lost(error)
+            return
+        # Poll as a fallback: a schedule edited without a notification is found anyway.
+        wait = (
+            self.config.poll_interval
+            if seconds is None
+            else min(seconds, self.config.poll_interval)
+        )
+        self.next_fire = time.monotonic() + max(wait, 0.01)
+
     def _prune_if_due(self, now: float) -> None:
         if now < self.next_prune or self.config.retention is None:
             return
@@ -489,7 +512,7 @@ class WorkerLoop:
     def _timeout(self, now: float) -> float:
         if self.should_claim and len(self.children) < self.config.concurrency:
             return 0.0
-        moments = [self.next_heartbeat, self.next_poll, self.next_reap]
+        moments = [self.next_heartbeat, self.next_poll, self.next_reap, self.next_fire]
         if self.next_run_at is not None:
             moments.append(self.next_run_at)
         if self.drain_deadline is not None:

@@ -1,10 +1,12 @@
 """The shop's background tasks: plain functions that a ``pq_worker`` runs in a child process."""
 
 import logging
+from datetime import timedelta
 
 from django.db.models import F
 from django.utils import timezone
 
+import django_pq as pq
 from shop.models import Order, Product
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,9 @@ def send_receipt(order_id: int) -> str:
     return f"receipt sent to {order.email}"
 
 
+# Declared in code: `manage.py pq_sync_schedules` (and every worker on start) creates or
+# updates the schedule; a pause made by staff in the admin is kept.
+@pq.periodic(run_every=timedelta(minutes=5))
 def sync_inventory() -> int:
     """Periodic: top up every product running low, as a supplier feed would. Returns the count."""
     restocked = Product.objects.filter(stock__lt=RESTOCK_BELOW).update(

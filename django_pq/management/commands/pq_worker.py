@@ -9,6 +9,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from django_pq.declared import sync_schedules
+from django_pq.exceptions import TaskRefused
 from django_pq.worker import ConfigError, ExitCode, WorkerConfig, WorkerLoop
 from django_pq.worker.config import parse_priorities, parse_priority
 
@@ -117,6 +119,12 @@ class Command(BaseCommand):
             )
         except ConfigError as error:
             raise CommandError(str(error), returncode=ExitCode.USAGE) from None
+        try:
+            sync_schedules()  # declared schedules are current however the deploy ran
+        except TaskRefused as error:
+            raise CommandError(
+                f"A declared schedule is invalid: {error}", returncode=ExitCode.USAGE
+            ) from None
         sys.exit(WorkerLoop(config).run())
 
     def _configure_logging(self, verbosity: int) -> None:

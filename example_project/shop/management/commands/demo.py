@@ -16,7 +16,6 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -134,18 +133,10 @@ class Command(BaseCommand):
             )
         self.say(f"{Product.objects.count()} products in the shop")
 
-        # pq.schedule(sync_inventory, run_every=timedelta(minutes=5)) will declare this.
-        schedule, _ = Periodic.objects.update_or_create(
-            name="shop.tasks:sync_inventory",
-            key="",
-            defaults={
-                "run_every": timedelta(minutes=5),
-                "cron": None,
-                "payload": {"args": [], "kwargs": {}},
-                "timezone": settings.TIME_ZONE,
-            },
-        )
-        self.say(f"periodic schedule {schedule} every 5 minutes")
+        # shop.tasks declares sync_inventory with @pq.periodic; this writes the schedule.
+        call_command("pq_sync_schedules", verbosity=0)
+        schedule = Periodic.objects.get(name="shop.tasks:sync_inventory", key="")
+        self.say(f"periodic schedule {schedule}: {schedule.description}")
         # The parent only waits from here on; its connection would sit idle for hours.
         connections.close_all()
 

@@ -1,0 +1,439 @@
+"""Periodic schedules: slots from intervals and cron in a time zone, and the API to manage them.
+
+A schedule never runs code itself. When a slot is due, a worker inserts a ``pq_tasks`` row
+for it (see ``django_pq.worker.firing``), so every periodic run has history, a result,
+errors, retries and admin actions like any task.
+
+Cron is evaluated on the schedule's local wall clock. Across DST changes that means: a
+local time that does not exist (the spring-forward gap) runs at the same instant one hour
+later by the new offset; a local time that happens twice (fall-back) runs once, at its
+first occurrence. Missed slots (workers down, schedule paused) coalesce into one run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterError, croniter
+from django.conf import settings
+from django.db import connections, transaction
+
+from django_pq.conf import pq_settings
+from django_pq.exceptions import InvalidSchedule
+from django_pq.models import Periodic, Priority
+from django_pq.task_paths import task_path
+
+if TYPE_CHECKING:
+    from django_pq.models import Task
+
+__all__ = [
+    "describe",
+    "next_runs",
+    "next_slot",
+    "pause",
+    "resume",
+    "run_now",
+    "schedule",
+    "unschedule",
+    "validate_cron",
+    "validate_interval",
+    "validate_timezone",
+]
+
+_WEEKDAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"]
+
+
+def validate_timezone(name: Any) -> str:
+    """Return ``name`` if it is an IANA time zone such as ``"Europe/Berlin"``."""
+    if not isinstance(name, str) or not name:
+        raise InvalidSchedule(
+            f"timezone must be an IANA name such as 'Europe/Berlin'; got {name!r}."
+        )
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidSchedule(
+            f"timezone {name!r} is not a known IANA time zone; use a name such as "
+            "'Europe/Berlin' or 'UTC'."
+        ) from None
+    return name
+
+
+def validate_cron(expression: Any) -> str:
+    """Return the normalized five-field cron ``expression``, or refuse it with the reason."""
+    if not isinstance(expression, str) or not expression.strip():
+        raise InvalidSchedule(f"cron must be a string like '0 9 * * 1'; got {expression!r}.")
+    normalized = " ".join(expression.split())
+    if len(normalized.split(" ")) != 5:
+        raise InvalidSchedule(
+            f"cron {expression!r} must have five fields (minute hour day-of-month month "
+            "day-of-week), e.g. '*/15 * * * *' or '0 9 * * mon'."
+        )
+    try:
+        croniter(normalized)
+    except (CroniterError, ValueError, KeyError) as error:
+        raise InvalidSchedule(f"cron {expression!r} is not valid: {error}") from None
+    return normalized
+
+
+def validate_interval(run_every: Any) -> dt.timedelta:
+    """A positive ``timedelta`` (a number is taken as seconds)."""
+    if isinstance(run_every, int | float) and not isinstance(run_every, bool):
+        run_every = dt.timedelta(seconds=run_every)
+    if not isinstance(run_every, dt.timedelta) or run_every <= dt.timedelta(0):
+        raise InvalidSchedule(
+            f"run_every must be a positive timedelta (or seconds), got {run_every!r}."
+        )
+    return run_every
+
+
+def _check_one_of(run_every: Any, cron: Any) -> None:
+    if (run_every is None) == (cron is None):
+        raise InvalidSchedule(
+            "Give exactly one of run_every (an interval) or cron (an expression); "
+            f"got run_every={run_every!r}, cron={cron!r}."
+        )
+
+
+def _local_wall_time(moment: dt.datetime, zone: ZoneInfo) -> dt.datetime:
+    return moment.astimezone(zone).replace(tzinfo=None)
+
+
+def next_slot(
+    *,
+    run_every: dt.timedelta | None,
+    cron: str | None,
+    timezone: str,
+    after: dt.datetime,
+    anchor: dt.datetime | None = None,
+) -> dt.datetime:
+    """The first slot strictly after ``after`` (aware; returned in UTC).
+
+    Intervals count from ``anchor`` (the previous slot), so slots do not drift with the
+    worker's clock; missed slots are skipped, not piled up. Cron runs on the local wall
+    clock of ``timezone`` (see the module docstring for DST).
+    """
+    _check_one_of(run_every, cron)
+    if run_every is not None:
+        start = anchor or after
+        if start > after:
+            return start.astimezone(dt.UTC)
+        missed = (after - start) // run_every + 1
+        return (start + missed * run_every).astimezone(dt.UTC)
+    assert cron is not None
+    zone = ZoneInfo(timezone)
+    wall = _local_wall_time(after, zone)
+    iterator = croniter(cron, wall)
+    while True:
+        candidate_wall: dt.datetime = iterator.get_next(dt.datetime)
+        # fold=0: a repeated local time means its first occurrence; a skipped one maps
+        # to the instant the old offset gives, which the new offset shows an hour later.
+        candidate = candidate_wall.replace(tzinfo=zone, fold=0)
+        if candidate > after:
+            return candidate.astimezone(dt.UTC)
+
+
+def next_runs(
+    *,
+    run_every: dt.timedelta | None,
+    cron: str | None,
+    timezone: str,
+    after: dt.datetime,
+    count: int = 5,
+) -> list[dt.datetime]:
+    """The next ``count`` slots after ``after``, in the schedule's time zone (for previews)."""
+    zone = ZoneInfo(timezone)
+    runs: list[dt.datetime] = []
+    moment, anchor = after, after if run_every is not None else None
+    for _ in range(count):
+        moment = next_slot(
+            run_every=run_every, cron=cron, timezone=timezone, after=moment, anchor=anchor
+        )
+        anchor = moment if run_every is not None else None
+        runs.append(moment.astimezone(zone))
+    return runs
+
+
+def _plural(number: int, unit: str) -> str:
+    return f"{number} {unit}" if number == 1 else f"{number} {unit}s"
+
+
+def _describe_interval(run_every: dt.timedelta) -> str:
+    seconds = run_every.total_seconds()
+    if seconds != int(seconds):
+        return f"every {seconds:g} seconds"
+    remaining, parts = int(seconds), []
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if remaining >= size:
+            parts.append(_plural(remaining // size, unit))
+            remaining %= size
+    if len(parts) == 1 and parts[0].startswith("1 "):
+        return f"every {parts[0][2:]}"  # "every hour", not "every 1 hour"
+    return "every " + " ".join(parts)
+
+
+def _describe_cron(cron: str, timezone: str) -> str:
+    minute, hour, day, month, weekday = cron.split(" ")
+    zone = f" ({timezone})"
+    if cron == "* * * * *":
+        return "every minute"
+    if minute.startswith("*/") and hour == day == month == weekday == "*":
+        return f"every {minute[2:]} minutes"
+    if minute.isdigit() and hour == day == month == weekday == "*":
+        return f"at minute {minute} of every hour"
+    if minute.isdigit() and hour.isdigit() and day == month == "*":
+        at = f"at {int(hour):02d}:{int(minute):02d}"
+        if weekday == "*":
+            return f"{at} every day{zone}"
+        days = _weekday_names(weekday)
+        if days:
+            return f"{at} on {days}{zone}"
+    return f"cron '{cron}'{zone}"
+
+
+def _weekday_names(field: str) -> str:
+    names = []
+    for part in field.split(","):
+        key = part.strip().lower()[:3]
+        lookup = {name.lower()[:3]: name for name in _WEEKDAYS}
+        if key.isdigit() and 0 <= int(key) <= 7:
+            names.append(_WEEKDAYS[int(key) % 7])
+        elif key in lookup:
+            names.append(lookup[key])
+        else:
+            return ""
+    return ", ".join(names)
+
+
+def describe(periodic: Periodic) -> str:
+    """A person's reading of a schedule: "every 5 minutes", "at 09:00 on Monday (Europe/Berlin)"."""
+    if periodic.run_every is not None:
+        return _describe_interval(periodic.run_every)
+    return _describe_cron(periodic.cron or "", periodic.timezone)
+
+
+def _db_now(using: str) -> dt.datetime:
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT now()")
+        now: dt.datetime = cursor.fetchone()[0]
+    return now
+
+
+def _notify_schedules(using: str) -> None:
+    # Workers keep a timer for the next due schedule; tell them it may have moved.
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT pg_notify(%s, 's:')", [pq_settings.NOTIFY_CHANNEL])
+
+
+def schedule(
+    func: Callable[..., Any],
+    *args: Any,
+    run_every: dt.timedelta | float | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
+    key: str = "",
+    max_concurrent: int | None = 1,
+    active: bool | None = None,
+    priority: int = Priority.NORMAL,
+    queue: str | None = None,
+    max_runtime: float | None = None,
+    max_attempts: int | None = None,
+    client_id: str | None = None,
+    **kwargs: Any,
+) -> Periodic:
+    """Create or update the schedule of ``func`` (one per ``key``) and return it.
+
+    Exactly one of ``run_every`` (a positive timedelta) or ``cron`` (five fields, in
+    ``timezone``, default ``settings.TIME_ZONE``). ``max_concurrent=1`` skips a tick while
+    a previous run is pending or running; ``None`` allows any number. ``active=None``
+    leaves an existing schedule's pause as it is (new schedules start active). Changing
+    the timing recomputes ``next_run``; changing anything else keeps it.
+    """
+    return _upsert(
+        func,
+        args,
+        kwargs,
+        run_every=run_every,
+        cron=cron,
+        timezone=timezone,
+        key=key,
+        max_concurrent=max_concurrent,
+        active=active,
+        priority=priority,
+        queue=queue,
+        max_runtime=max_runtime,
+        max_attempts=max_attempts,
+        client_id=client_id,
+        is_declared=False,
+    )
+
+
+def _validated(options: dict[str, Any]) -> dict[str, Any]:
+    from django_pq.enqueueing import prepare
+
+    run_every, cron = options["run_every"], options["cron"]
+    _check_one_of(run_every, cron)
+    max_concurrent = options["max_concurrent"]
+    if max_concurrent is not None and (
+        isinstance(max_concurrent, bool)
+        or not isinstance(max_concurrent, int)
+        or max_concurrent < 1
+    ):
+        raise InvalidSchedule(
+            f"max_concurrent must be an integer >= 1, or None for no limit; got {max_concurrent!r}."
+        )
+    if not isinstance(options["key"], str) or len(options["key"]) > 255:
+        raise InvalidSchedule(
+            f"key must be a string of at most 255 characters, got {options['key']!r}."
+        )
+    # The task options get the same checks as enqueue().
+    prepared = prepare(
+        options["func"],
+        *options["args"],
+        priority=options["priority"],
+        queue=options["queue"],
+        max_runtime=options["max_runtime"],
+        max_attempts=options["max_attempts"],
+        **options["kwargs"],
+    )
+    return {
+        "name": prepared.name,
+        "payload": prepared.payload,
+        "priority": prepared.priority,
+        "queue": prepared.queue,
+        "run_every": None if run_every is None else validate_interval(run_every),
+        "cron": None if cron is None else validate_cron(cron),
+        "timezone": validate_timezone(options["timezone"] or settings.TIME_ZONE),
+        "max_concurrent": options["max_concurrent"],
+        "max_runtime": prepared.max_runtime,
+        "max_attempts": options["max_attempts"],
+        "client_id": options["client_id"],
+    }
+
+
+def _upsert(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    active: bool | None,
+    is_declared: bool,
+    **options: Any,
+) -> Periodic:
+    fields = _validated({"func": func, "args": args, "kwargs": kwargs, **options})
+    using = pq_settings.DATABASE
+    with transaction.atomic(using=using):
+        now = _db_now(using)
+        existing = (
+            Periodic.objects.using(using)
+            .select_for_update()
+            .filter(name=fields["name"], key=options["key"])
+            .first()
+        )
+        timing = ("run_every", "cron", "timezone")
+        if existing is None:
+            periodic = Periodic(
+                key=options["key"],
+                active=True if active is None else active,
+                is_declared=is_declared,
+                **fields,
+            )
+            periodic.next_run = next_slot(
+                run_every=periodic.run_every,
+                cron=periodic.cron,
+                timezone=periodic.timezone,
+                after=now,
+            )
+            periodic.save(using=using)
+        else:
+            periodic = existing
+            retimed = any(getattr(periodic, name) != fields[name] for name in timing)
+            if active is not None:
+                fields["active"] = active
+            fields["is_declared"] = is_declared
+            changed = [name for name, value in fields.items() if getattr(periodic, name) != value]
+            if not changed:
+                return periodic  # nothing to write: syncing the same declarations is a no-op
+            for name in changed:
+                setattr(periodic, name, fields[name])
+            if retimed:
+                periodic.next_run = next_slot(
+                    run_every=periodic.run_every,
+                    cron=periodic.cron,
+                    timezone=periodic.timezone,
+                    after=now,
+                )
+                changed.append("next_run")
+            periodic.updated_at = now
+            periodic.save(using=using, update_fields=[*changed, "updated_at"])
+        _notify_schedules(using)
+    return periodic
+
+
+def _lookup(func_or_name: Callable[..., Any] | str, key: str) -> Periodic:
+    name = func_or_name if isinstance(func_or_name, str) else task_path(func_or_name)
+    return Periodic.objects.using(pq_settings.DATABASE).get(name=name, key=key)
+
+
+def unschedule(func_or_name: Callable[..., Any] | str, key: str = "") -> bool:
+    """Delete a schedule (its past runs stay, unlinked). Returns whether one existed."""
+    try:
+        periodic = _lookup(func_or_name, key)
+    except Periodic.DoesNotExist:
+        return False
+    periodic.delete()
+    return True
+
+
+def pause(func_or_name: Callable[..., Any] | str, key: str = "") -> Periodic:
+    """Stop a schedule from firing; it keeps its row and history."""
+    periodic = _lookup(func_or_name, key)
+    periodic.pause()
+    return periodic
+
+
+def resume(func_or_name: Callable[..., Any] | str, key: str = "") -> Periodic:
+    """Let a paused schedule fire again, from the next slot after now (no burst of missed runs)."""
+    periodic = _lookup(func_or_name, key)
+    periodic.resume()
+    return periodic
+
+
+def set_active(periodic: Periodic, active: bool) -> None:
+    using = pq_settings.DATABASE
+    with transaction.atomic(using=using):
+        now = _db_now(using)
+        periodic.active = active
+        fields = ["active", "updated_at"]
+        if active:
+            periodic.next_run = next_slot(
+                run_every=periodic.run_every,
+                cron=periodic.cron,
+                timezone=periodic.timezone,
+                after=now,
+            )
+            fields.append("next_run")
+        periodic.updated_at = now
+        periodic.save(using=using, update_fields=fields)
+        _notify_schedules(using)
+
+
+def run_now(periodic: Periodic) -> Task | None:
+    """Fire one run now, leaving ``next_run`` alone; None if ``max_concurrent`` runs are live."""
+    from django_pq.models import Task
+    from django_pq.worker.firing import fire_statement
+
+    using = pq_settings.DATABASE
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            fire_statement(advance=False),
+            [periodic.pk, pq_settings.MAX_ATTEMPTS, pq_settings.NOTIFY_CHANNEL],
+        )
+        row = cursor.fetchone()
+    if row is None or row[0] is None:
+        periodic.refresh_from_db(using=using)
+        return None
+    return Task.objects.using(using).get(pk=row[0])
