@@ -137,7 +137,8 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_number,
         "a number of seconds > 0",
         "django_pq.E010",
-        "Seconds between fallback polls when no notification arrives.",
+        "Seconds between polls for ready tasks when PQ_LISTEN is off. With LISTEN on, "
+        "workers wake on notifications and their heartbeat is the safety net.",
     ),
     Setting(
         "PQ_LEASE",
@@ -149,19 +150,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "PQ_HEARTBEAT_INTERVAL",
-        5.0,
+        10.0,
         _positive_number,
         "a number of seconds > 0, well below PQ_LEASE",
         "django_pq.E012",
-        "Seconds between a worker's heartbeats.",
-    ),
-    Setting(
-        "PQ_REAPER_INTERVAL",
-        5.0,
-        _positive_number,
-        "a number of seconds > 0",
-        "django_pq.E013",
-        "Seconds between a worker's checks for tasks held by dead workers.",
+        "Seconds between a worker's heartbeats. Each heartbeat is one transaction that also "
+        "finds tasks of dead workers to reap, so it bounds how fast they are found.",
     ),
     Setting(
         "PQ_RETRY_DELAY",
@@ -258,7 +252,6 @@ class PQSettings:
     POLL_INTERVAL: float
     LEASE: float
     HEARTBEAT_INTERVAL: float
-    REAPER_INTERVAL: float
     RETRY_DELAY: float
     RETRY_MAX_DELAY: float
     RETENTION: float | None

@@ -129,6 +129,92 @@ def resolve(path: str) -> Callable[..., Any]:
             target = getattr(target, part)
         except AttributeError:
             raise NotATaskFunction(f"{module_name} has no attribute {qualname}.") from None
-    if not callable(target):
+    # A django.tasks Task is not callable itself; the function it wraps is.
+    if not callable(_unwrap_task_object(target)):
         raise NotATaskFunction(f"{path} is not callable.")
     return target  # type: ignore[no-any-return]
+
+
+def _task_modules() -> list[str]:
+    """The ``tasks`` modules of the allowed modules, in order, without duplicates.
+
+    An allowed entry that already names a ``tasks`` module (``PQ_ALLOWED_MODULES =
+    ["shop.tasks"]``) stands for itself.
+    """
+    names: list[str] = []
+    for prefix in allowed_modules():
+        candidate = prefix if prefix.rpartition(".")[2] == "tasks" else f"{prefix}.tasks"
+        if candidate not in names:
+            names.append(candidate)
+    return names
+
+
+def _module_exists(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        # A missing parent package: nothing to list, and nothing went wrong.
+        return False
+
+
+def _functions_defined_in(module_name: str) -> list[tuple[str, str]]:
+    module = importlib.import_module(module_name)
+    found: list[tuple[str, str]] = []
+    for attribute, value in vars(module).items():
+        func = _unwrap_task_object(value)
+        if attribute.startswith("_") or not inspect.isfunction(func):
+            continue
+        # Imported helpers (``from x import y``) belong to their own module, not this one.
+        if func.__module__ != module_name:
+            continue
+        try:
+            path = task_path(func)
+        except NotATaskFunction:
+            continue
+        kind = "async " if inspect.iscoroutinefunction(func) else ""
+        found.append((path, f"{kind}{module_name}.{func.__qualname__}"))
+    return found
+
+
+def discover_task_functions() -> list[tuple[str, str]]:
+    """The task functions staff may pick, as ``("module:function", label)`` pairs by path.
+
+    Lists the module-level functions (sync and async) defined in the ``tasks`` module of
+    each allowed module (``<app>.tasks``), then adds the functions existing periodic
+    schedules already name, so editing a schedule never loses its task. Importing a
+    ``tasks`` module that exists but fails to import raises: a broken module should be
+    seen, not silently left out of the list.
+    """
+    from django_pq.models import Periodic
+
+    choices: dict[str, str] = {}
+    for module_name in _task_modules():
+        if _module_exists(module_name):
+            choices.update(_functions_defined_in(module_name))
+    for name in Periodic.objects.order_by("name").values_list("name", flat=True).distinct():
+        choices.setdefault(name, name)
+    return sorted(choices.items())
+
+
+def preload_task_modules() -> list[str]:
+    """Import the allowed ``tasks`` modules once, in the worker parent, before any fork.
+
+    Each forked child then finds them already imported instead of importing them again for
+    every task. A module that fails to import is logged and skipped: its tasks fail as
+    ``unknown_task`` with the import error, and the worker keeps serving the others.
+    """
+    import logging
+
+    loaded = []
+    for module_name in _task_modules():
+        if not _module_exists(module_name):
+            continue
+        try:
+            importlib.import_module(module_name)
+        except Exception:
+            logging.getLogger("django_pq.worker").exception("Cannot import %s", module_name)
+            continue
+        loaded.append(module_name)
+    return loaded

@@ -18,7 +18,7 @@ CHECK_ID = re.compile(r"django_pq\.[EW]\d{3}")
 def _code_check_ids() -> set[str]:
     """Every check id written in the modules that define checks."""
     ids: set[str] = set()
-    for module in ("checks.py", "conf.py"):
+    for module in ("checks.py", "conf.py", "backend.py"):
         ids.update(CHECK_ID.findall((PACKAGE / module).read_text(encoding="utf-8")))
     return ids
 

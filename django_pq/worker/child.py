@@ -29,7 +29,7 @@ from django.db import connections
 from django_pq import signals
 from django_pq.codec import decode_payload, encode_value
 from django_pq.exceptions import NotATaskFunction, PayloadError
-from django_pq.task_paths import resolve
+from django_pq.task_paths import _unwrap_task_object, resolve
 from django_pq.worker.sql import Claimed
 
 logger = logging.getLogger("django_pq.worker")
@@ -163,7 +163,13 @@ def execute(claimed: Claimed, max_memory_mb: float | None = None) -> dict[str, A
     report: dict[str, Any]
     result: Any = None
     try:
-        result = _call(func, args, kwargs)
+        if _unwrap_task_object(func) is not func:
+            # A django.tasks Task: its context, and Django's own task signals.
+            from django_pq.backend import run_django_task
+
+            result = run_django_task(func, run, _call)  # type: ignore[arg-type]
+        else:
+            result = _call(func, args, kwargs)
         report = {
             "status": "completed",
             "result": json.dumps(encode_value(result, where="the return value")),

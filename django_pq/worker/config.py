@@ -50,8 +50,7 @@ class WorkerConfig:
     max_tasks: int | None = None
     listen: bool = True
     lease: float = 30.0
-    heartbeat_interval: float = 5.0
-    reaper_interval: float = 5.0
+    heartbeat_interval: float = 10.0
     kill_grace: float = 5.0
     retry_delay: float = 1.0
     retry_max_delay: float = 3600.0
@@ -75,7 +74,6 @@ class WorkerConfig:
                 f"PQ_HEARTBEAT_INTERVAL ({self.heartbeat_interval}s) must be at most half of "
                 f"PQ_LEASE ({self.lease}s), so a worker renews its lease before it lapses."
             )
-        _positive("PQ_REAPER_INTERVAL", self.reaper_interval)
         for queue in self.queues:
             if not queue or len(queue) > 100:
                 raise ConfigError(f"--queue {queue!r} must be 1 to 100 characters long.")
@@ -95,7 +93,6 @@ class WorkerConfig:
             "listen": pq_settings.LISTEN,
             "lease": pq_settings.LEASE,
             "heartbeat_interval": pq_settings.HEARTBEAT_INTERVAL,
-            "reaper_interval": pq_settings.REAPER_INTERVAL,
             "kill_grace": pq_settings.KILL_GRACE,
             "retry_delay": pq_settings.RETRY_DELAY,
             "retry_max_delay": pq_settings.RETRY_MAX_DELAY,

@@ -118,6 +118,24 @@ class Database:
             self.lost(error)
             return None
 
+    def run_in_transaction(
+        self, statements: list[tuple[str, Any]]
+    ) -> list[list[tuple[Any, ...]]] | None:
+        """Run statements in one transaction, pipelined: one commit, one round trip.
+
+        Returns each statement's rows, or None if the database is unreachable (nothing was
+        committed then). Other database errors propagate, with the transaction rolled back.
+        """
+        if not self.connect() or self.conn is None:
+            return None
+        try:
+            with self.conn.transaction(), self.conn.pipeline():
+                cursors = [self.conn.execute(sql, params) for sql, params in statements]
+            return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+        except psycopg.OperationalError as error:
+            self.lost(error)
+            return None
+
     def drain_notifications(self) -> None:
         """Read what the server sent without blocking; handlers see the notifications."""
         if not self.is_connected or self.conn is None:

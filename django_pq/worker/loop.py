@@ -1,15 +1,20 @@
 """The worker parent: one thread around one ``poll()``, forking a child per task.
 
-It wakes on a NOTIFY, a child's pipe or exit, a signal, the next known ``run_at``, a
-deadline, or the fallback poll; then it claims as many tasks as it has free slots in one
-statement, forks one child per task, enforces deadlines and memory limits itself, and
-records outcomes in batches that are retried until the database takes them.
+It wakes on a NOTIFY, a child's pipe or exit, a signal, the next known ``run_at`` or
+``next_run``, a deadline, or its heartbeat; then it records finished runs and claims as
+many tasks as it has free slots in one transaction, forks one child per task, and
+enforces deadlines and memory limits itself. Outcomes that cannot be written yet are kept
+and retried until the database takes them.
+
+An idle worker costs one transaction per heartbeat: the heartbeat also reports lost
+tasks, cancel requests, the next due schedule and the next future task.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import gc
 import logging
 import os
 import random
@@ -27,6 +32,7 @@ from psycopg.types.json import Jsonb
 
 from django_pq import __version__
 from django_pq.conf import pq_settings
+from django_pq.task_paths import preload_task_modules
 from django_pq.worker import sql
 from django_pq.worker.child import LeaseClock
 from django_pq.worker.children import RunningChild, fork_child, judge
@@ -37,7 +43,7 @@ from django_pq.worker.sql import Claimed, Outcome
 
 logger = logging.getLogger("django_pq.worker")
 
-PRUNE_INTERVAL = 60.0
+PRUNE_INTERVAL = 300.0
 MEMORY_CHECK_INTERVAL = 0.25
 SHUTDOWN_FLUSH_TIMEOUT = 10.0
 
@@ -72,7 +78,7 @@ class WorkerLoop:
         self.next_poll = now
         self.next_run_at: float | None = None
         self.next_heartbeat = now
-        self.next_reap = now
+        self.clock_offset = 0.0  # database clock minus ours, from the last heartbeat
         self.next_prune = now
         self.next_memory_check = now
         self.next_fire = now
@@ -105,7 +111,7 @@ class WorkerLoop:
             _, epoch, queue = payload.split(":", 2)
             if not self.config.serves(queue):
                 return
-            delay = float(epoch) - time.time()
+            delay = float(epoch) - (time.time() + self.clock_offset)
             if delay > 0.005:
                 # A future task: only move the timer (wall clocks may disagree a little;
                 # the claim after the timer asks the database, which decides).
@@ -128,6 +134,10 @@ class WorkerLoop:
         # The parent talks to the database only through self.db; Django's connections
         # are closed so no child ever inherits a live one.
         connections.close_all()
+        preload_task_modules()
+        # Everything loaded so far is shared with every child: keep the garbage collector
+        # from touching (and so copying) those pages in each one.
+        gc.freeze()
         logger.info(
             "Worker %s starting: %s", self.id, self.config.describe(), extra={"worker_id": self.id}
         )
@@ -153,12 +163,10 @@ class WorkerLoop:
             self._register()
         if self.registered:
             self._heartbeat_if_due(now)
-            self._flush_outcomes()
             if not self.signals_received:
-                self._reap_lost_if_due(now)
                 self._prune_if_due(now)
                 self._fire_if_due(now)
-                self._claim_if_due(now)
+            self._write_and_claim(now)
         if not self.children and not self.signals_received and self._is_done():
             return False
         self._wait(self._timeout(time.monotonic()))
@@ -206,7 +214,7 @@ class WorkerLoop:
             if self.children:
                 self._wait(0.05)
         while self.unwritten and time.monotonic() < deadline:
-            self._flush_outcomes()
+            self._write_and_claim(time.monotonic(), claim=False)
             if self.unwritten:
                 time.sleep(0.1)
         if self.registered:
@@ -239,38 +247,52 @@ class WorkerLoop:
 
     # -- claiming and forking ----------------------------------------------------------
 
-    def _claim_if_due(self, now: float) -> None:
-        due = self.should_claim or now >= self.next_poll
-        if not due and self.next_run_at is not None and now >= self.next_run_at:
-            due = True
-        if not due:
-            return
+    def _claim_limit(self, now: float) -> int:
+        """How many tasks to claim now: the free slots, if a claim is due at all."""
+        if self.signals_received:
+            return 0
+        due = self.should_claim or (not self.config.listen and now >= self.next_poll)
+        if self.next_run_at is not None and now >= self.next_run_at:
+            due, self.next_run_at = True, None
         free = self.config.concurrency - len(self.children)
         if self.config.max_tasks is not None:
             free = min(free, self.config.max_tasks - self.started_tasks)
-        if free <= 0:
-            return  # a child's exit will set should_claim again
-        self.should_claim = False
-        self.next_poll = now + self.config.poll_interval
-        rows = self.db.execute(
-            sql.claim_statement(self.config), sql.claim_params(self.config, self.id, free)
-        )
-        if rows is None:
-            return
-        claimed = sorted((Claimed(*row) for row in rows), key=lambda t: (-t.priority, t.id))
-        for task in claimed:
-            self._start(task)
-        self.claim_came_back_short = len(claimed) < free
-        if self.claim_came_back_short:
-            self._schedule_next_run()
-        else:
-            self.should_claim = True  # there may be more ready work
+        return free if due and free > 0 else 0
 
-    def _schedule_next_run(self) -> None:
-        params = {"queues": list(self.config.queues)}
-        rows = self.db.execute(sql.next_run_at_statement(self.config), params)
-        seconds = rows[0][0] if rows else None
-        self.next_run_at = None if seconds is None else time.monotonic() + max(float(seconds), 0.05)
+    def _write_and_claim(self, now: float, claim: bool = True) -> None:
+        """Record finished runs and claim new ones in one transaction (one commit)."""
+        limit = self._claim_limit(now) if claim else 0
+        batch, self.unwritten = self.unwritten, []
+        if not batch and not limit:
+            return
+        statements: list[tuple[str, Any]] = []
+        if batch:
+            statements.append((sql.FINISH_STATEMENT, sql.finish_params(batch, self.config.channel)))
+        if limit:
+            claim_sql = sql.claim_statement(self.config)
+            statements.append((claim_sql, sql.claim_params(self.config, self.id, limit)))
+        try:
+            results = self.db.run_in_transaction(statements)
+        except psycopg.Error:
+            # Something in the batch is unstorable; write it piece by piece, claim next turn.
+            logger.exception("Could not record %d outcomes together", len(batch))
+            self._write_one_by_one(batch)
+            return
+        if results is None:  # the database is away: keep the outcomes, claim later
+            self.unwritten = batch + self.unwritten
+            return
+        if batch:
+            self._check_written(batch, results[0])
+        if limit:
+            self.should_claim = False
+            self.next_poll = now + self.config.poll_interval
+            claimed = sorted((Claimed(*row) for row in results[-1]),
+                             key=lambda task: (-task.priority, task.id))  # fmt: skip
+            for task in claimed:
+                self._start(task)
+            self.claim_came_back_short = len(claimed) < limit
+            # A full claim suggests more ready work; a short one waits for a wake-up.
+            self.should_claim = not self.claim_came_back_short
 
     def _start(self, task: Claimed) -> None:
         max_runtime = task.max_runtime or self.config.max_runtime
@@ -377,10 +399,24 @@ class WorkerLoop:
         if now < self.next_heartbeat:
             return
         self.next_heartbeat = now + self.config.heartbeat_interval
-        rows = self.db.execute(sql.HEARTBEAT, {"id": self.id, "lease": self.config.lease})
+        params = {
+            "id": self.id,
+            "lease": self.config.lease,
+            **sql.claim_params(self.config, self.id, 0),
+        }
+        rows = self.db.execute(sql.heartbeat_statement(self.config), params)
         if not rows:
             return
-        renewed, cancel_ids = rows[0]
+        renewed, cancel_ids, lost, to_schedule, to_task, db_epoch = rows[0]
+        self.clock_offset = float(db_epoch) - time.time()
+        if to_schedule is not None:
+            self.next_fire = min(self.next_fire, now + max(float(to_schedule), 0.0))
+        if to_task is not None:
+            # The safety net under NOTIFY: ready work is claimed, future work gets a timer.
+            when = now + max(float(to_task), 0.0)
+            self.next_run_at = when if self.next_run_at is None else min(self.next_run_at, when)
+        if lost and not self.signals_received:
+            self._reap([(int(task_id), token) for task_id, token in lost])
         if renewed:
             self._renewed(now)
         else:
@@ -395,37 +431,21 @@ class WorkerLoop:
         for task_id in cancel_ids or []:
             self._cancel(task_id)
 
-    def _flush_outcomes(self) -> None:
-        if not self.unwritten:
-            return
-        batch, self.unwritten = self.unwritten, []
-        try:
-            rows = self.db.execute(
-                sql.FINISH_STATEMENT, sql.finish_params(batch, self.config.channel)
-            )
-        except psycopg.Error:
-            logger.exception(
-                "Could not record %d outcomes together; recording one by one", len(batch)
-            )
-            rows = self._flush_one_by_one(batch)
-        if rows is None:
-            self.unwritten = batch + self.unwritten  # database away: keep them for later
-            return
+    def _check_written(self, batch: list[Outcome], rows: list[tuple[Any, ...]]) -> None:
         written = {row[0] for row in rows}
         for outcome in batch:
             if outcome.task_id not in written:
                 logger.warning(
-                    "Outcome of task %s was refused: its run token is no longer "
-                    "current (reaped or cancelled meanwhile)",
+                    "Outcome of task %s was refused: its run token is no longer current "
+                    "(reaped or cancelled meanwhile)",
                     outcome.task_id,
                     extra={"task_id": outcome.task_id},
                 )
 
-    def _flush_one_by_one(self, batch: list[Outcome]) -> list[tuple[Any, ...]] | None:
-        rows: list[tuple[Any, ...]] = []
-        for outcome in batch:
+    def _write_one_by_one(self, batch: list[Outcome]) -> None:
+        for position, outcome in enumerate(batch):
             try:
-                result = self.db.execute(
+                rows = self.db.execute(
                     sql.FINISH_STATEMENT, sql.finish_params([outcome], self.config.channel)
                 )
             except psycopg.Error as error:
@@ -438,21 +458,16 @@ class WorkerLoop:
                     error_code="exception",
                     error=f"The task's outcome could not be stored: {error}",
                 )
-                result = self.db.execute(
+                rows = self.db.execute(
                     sql.FINISH_STATEMENT, sql.finish_params([fallback], self.config.channel)
                 )
-            if result is None:
-                return None
-            rows += result
-        return rows
+            if rows is None:
+                self.unwritten = batch[position:] + self.unwritten
+                return
+            self._check_written([outcome], rows)
 
-    def _reap_lost_if_due(self, now: float) -> None:
-        if now < self.next_reap:
-            return
-        self.next_reap = now + self.config.reaper_interval
-        rows = self.db.execute(sql.LOST_TASKS)
-        if not rows:
-            return
+    def _reap(self, lost: list[tuple[int, str]]) -> None:
+        """Finish the running tasks of dead workers (re-queue those with attempts left)."""
         outcomes = [
             Outcome(
                 task_id=task_id,
@@ -462,13 +477,10 @@ class WorkerLoop:
                 error="The worker running this task stopped renewing its lease.",
                 retry_delay=self._retry_delay(1),
             )
-            for task_id, token, _name in rows
+            for task_id, token in lost
         ]
-        logger.warning(
-            "Reaping %d tasks of lost workers: %s",
-            len(rows),
-            ", ".join(str(row[0]) for row in rows),
-        )
+        logger.warning("Reaping %d tasks of lost workers: %s", len(lost),
+                       ", ".join(str(task_id) for task_id, _ in lost))  # fmt: skip
         self.db.execute(sql.FINISH_STATEMENT, sql.finish_params(outcomes, self.config.channel))
 
     def _fire_if_due(self, now: float) -> None:
@@ -479,13 +491,8 @@ class WorkerLoop:
         except psycopg.OperationalError as error:
             self.db.lost(error)
             return
-        # Poll as a fallback: a schedule edited without a notification is found anyway.
-        wait = (
-            self.config.poll_interval
-            if seconds is None
-            else min(seconds, self.config.poll_interval)
-        )
-        self.next_fire = time.monotonic() + max(wait, 0.01)
+        # Without a due schedule, the heartbeat (or an 's:' notification) sets the timer.
+        self.next_fire = float("inf") if seconds is None else time.monotonic() + max(seconds, 0.01)
 
     def _prune_if_due(self, now: float) -> None:
         if now < self.next_prune or self.config.retention is None:
@@ -512,7 +519,9 @@ class WorkerLoop:
     def _timeout(self, now: float) -> float:
         if self.should_claim and len(self.children) < self.config.concurrency:
             return 0.0
-        moments = [self.next_heartbeat, self.next_poll, self.next_reap, self.next_fire]
+        moments = [self.next_heartbeat, self.next_fire]
+        if not self.config.listen:
+            moments.append(self.next_poll)
         if self.next_run_at is not None:
             moments.append(self.next_run_at)
         if self.drain_deadline is not None:

@@ -47,6 +47,17 @@ _CLAIMED_COLUMNS = (
 )
 
 
+def _claim_filters(config: WorkerConfig) -> list[str]:
+    filters = []
+    if config.queues:
+        filters.append("queue = ANY(%(queues)s)")
+    if config.priorities:
+        filters.append("priority = ANY(%(priorities)s)")
+    if config.min_priority is not None:
+        filters.append("priority >= %(min_priority)s")
+    return filters
+
+
 def claim_statement(config: WorkerConfig) -> str:
     """Claim up to ``%(limit)s`` ready tasks for ``%(worker)s``, best first.
 
@@ -54,13 +65,7 @@ def claim_statement(config: WorkerConfig) -> str:
     each other or taking the same row; the CTE is materialized so the lock-and-limit runs
     exactly once. Worker, token, attempt and ``started_at`` come from the database.
     """
-    filters = ["status = 'pending'", "run_at <= now()"]
-    if config.queues:
-        filters.append("queue = ANY(%(queues)s)")
-    if config.priorities:
-        filters.append("priority = ANY(%(priorities)s)")
-    if config.min_priority is not None:
-        filters.append("priority >= %(min_priority)s")
+    filters = ["status = 'pending'", "run_at <= now()", *_claim_filters(config)]
     return f"""
         WITH claimable AS MATERIALIZED (
             SELECT id FROM pq_tasks
@@ -86,17 +91,6 @@ def claim_params(config: WorkerConfig, worker_id: str, limit: int) -> dict[str, 
         "priorities": list(config.priorities),
         "min_priority": config.min_priority,
     }
-
-
-def next_run_at_statement(config: WorkerConfig) -> str:
-    """Seconds until the earliest future task this worker could claim, or NULL."""
-    filters = ["status = 'pending'"]
-    if config.queues:
-        filters.append("queue = ANY(%(queues)s)")
-    return f"""
-        SELECT extract(epoch FROM min(run_at) - now()) FROM pq_tasks
-        WHERE {" AND ".join(filters)}
-    """
 
 
 @dataclass(frozen=True)
@@ -183,34 +177,41 @@ REGISTER = """
         lease_expires_at = now() + make_interval(secs => %(lease)s)
 """
 
-# Renew the lease only while it still holds: a worker whose lease lapsed has been (or is
-# about to be) reaped, and must not pretend otherwise. Returns whether it renewed, and the
-# tasks of this worker that someone asked to cancel.
-HEARTBEAT = """
-    WITH renewed AS (
-        UPDATE pq_workers SET heartbeat_at = now(),
-            lease_expires_at = now() + make_interval(secs => %(lease)s)
-        WHERE id = %(id)s AND lease_expires_at > now() AND stopped_at IS NULL
-        RETURNING id
-    )
-    SELECT EXISTS (SELECT 1 FROM renewed),
-        ARRAY(SELECT id FROM pq_tasks WHERE worker_id = %(id)s AND status = 'running'
-              AND is_cancel_requested)
-"""
+
+def heartbeat_statement(config: WorkerConfig) -> str:
+    """Renew the lease, and learn in the same transaction what the worker should do next.
+
+    The lease is renewed only while it still holds: a worker whose lease lapsed has been
+    (or is about to be) reaped, and must not pretend otherwise. The row also carries this
+    worker's tasks that someone asked to cancel; up to 500 running tasks of dead workers
+    (lease lapsed, stopped, or never registered: decided by the database clock, so a
+    skewed worker clock cannot reap early); the seconds until the next due schedule and
+    until the next task this worker could claim; and the database's clock.
+    """
+    filters = ["status = 'pending'", *_claim_filters(config)]
+    return f"""
+        WITH renewed AS (
+            UPDATE pq_workers SET heartbeat_at = now(),
+                lease_expires_at = now() + make_interval(secs => %(lease)s)
+            WHERE id = %(id)s AND lease_expires_at > now() AND stopped_at IS NULL
+            RETURNING id
+        )
+        SELECT EXISTS (SELECT 1 FROM renewed),
+            ARRAY(SELECT id FROM pq_tasks WHERE worker_id = %(id)s AND status = 'running'
+                  AND is_cancel_requested),
+            ARRAY(SELECT ARRAY[t.id::text, t.run_token::text] FROM pq_tasks t
+                  LEFT JOIN pq_workers w ON w.id = t.worker_id
+                  WHERE t.status = 'running'
+                    AND (w.id IS NULL OR w.lease_expires_at < now() OR w.stopped_at IS NOT NULL)
+                  ORDER BY t.id LIMIT 500),
+            (SELECT extract(epoch FROM min(next_run) - now()) FROM pq_periodic WHERE active),
+            (SELECT extract(epoch FROM min(run_at) - now()) FROM pq_tasks
+             WHERE {" AND ".join(filters)}),
+            extract(epoch FROM clock_timestamp())
+    """
+
 
 DEREGISTER = "UPDATE pq_workers SET stopped_at = now() WHERE id = %(id)s"
-
-# Running tasks whose worker is gone: lease lapsed, stopped, or never registered.
-# Decided entirely by the database clock, so a skewed worker clock cannot reap early.
-LOST_TASKS = """
-    SELECT t.id, t.run_token::text, t.name FROM pq_tasks t
-    LEFT JOIN pq_workers w ON w.id = t.worker_id
-    WHERE t.status = 'running'
-      AND (w.id IS NULL OR w.lease_expires_at < now() OR w.stopped_at IS NOT NULL)
-    ORDER BY t.id
-    LIMIT 500
-    FOR UPDATE OF t SKIP LOCKED
-"""
 
 # Deletes one small batch of old finished tasks; short transactions, no long locks.
 PRUNE_TASKS = """

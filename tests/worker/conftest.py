@@ -22,7 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 FAST_LIVENESS = {
     "PQ_LEASE": 3.0,
     "PQ_HEARTBEAT_INTERVAL": 0.5,
-    "PQ_REAPER_INTERVAL": 0.5,
     "PQ_KILL_GRACE": 0.5,
     "PQ_RETRY_DELAY": 0.05,
     "PQ_RETRY_MAX_DELAY": 0.2,

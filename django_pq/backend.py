@@ -1,0 +1,403 @@
+"""``PQBackend``: Django's tasks framework (``django.tasks``) on django-pq's tables and worker.
+
+Standard ``@task`` functions are written to ``pq_tasks`` by django-pq's own enqueue path, so
+they join the caller's transaction, and ``manage.py pq_worker`` runs them in a forked child
+with the same isolation, limits, retries and admin as native tasks.
+
+Django >= 6.0 ships ``django.tasks``; on Django 5.2 install the ``django-tasks`` backport
+(``pip install "django-pq-tasks[tasks]"``). The built-in framework wins when both exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+import traceback
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from django.apps import apps
+from django.core import checks
+from django.db import transaction
+from django.utils import timezone
+
+from django_pq.checks import check_database
+from django_pq.codec import encode_payload
+from django_pq.conf import pq_settings
+from django_pq.enqueueing import RESERVED_OPTIONS, enqueue, enqueue_many, prepare
+from django_pq.exceptions import NotATaskFunction, PQError, TaskRefused
+from django_pq.models import ErrorCode, Status
+from django_pq.models import Task as TaskRow
+from django_pq.signals import TaskRun
+from django_pq.task_paths import resolve
+
+if TYPE_CHECKING:
+    from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
+    from django.tasks.backends.base import BaseTaskBackend
+    from django.tasks.base import TaskError
+    from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+    from django.tasks.signals import task_enqueued, task_finished, task_started
+    from django.utils.json import normalize_json
+else:
+    try:
+        from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
+        from django.tasks.backends.base import BaseTaskBackend
+        from django.tasks.base import TaskError
+        from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+        from django.tasks.signals import task_enqueued, task_finished, task_started
+        from django.utils.json import normalize_json
+    except ImportError:  # Django 5.2: the django-tasks backport
+        try:
+            from django_tasks.backends.base import BaseTaskBackend
+            from django_tasks.base import (
+                Task,
+                TaskContext,
+                TaskError,
+                TaskResult,
+                TaskResultStatus,
+            )
+            from django_tasks.exceptions import InvalidTaskError as InvalidTask
+            from django_tasks.exceptions import TaskResultDoesNotExist
+            from django_tasks.signals import task_enqueued, task_finished, task_started
+            from django_tasks.utils import normalize_json
+        except ImportError as error:
+            from django.core.exceptions import ImproperlyConfigured
+
+            raise ImproperlyConfigured(
+                "django_pq.backend.PQBackend needs Django's tasks framework: Django >= 6.0 "
+                "has it built in; on Django 5.2 install the backport with "
+                "pip install 'django-pq-tasks[tasks]' (or pip install django-tasks)."
+            ) from error
+
+__all__ = [
+    "PQBackend",
+    "PQTask",
+    "TaskRunError",
+    "django_priority",
+    "pq_priority",
+    "run_django_task",
+]
+
+#: Options of ``PQTask`` that map onto ``django_pq.enqueue`` options of the same name.
+PQ_TASK_OPTIONS = ("max_attempts", "max_runtime", "client_id")
+
+
+class TaskRunError(PQError):
+    """Stands for a run that ended without an exception of the task's own (killed by a
+    signal, its worker lost, cancelled, ...): ``TaskError.exception_class`` of such runs."""
+
+
+def pq_priority(django_priority: int) -> int:
+    """Django's priority (-100..100, default 0) on pq's scale (0..100, default NORMAL=50).
+
+    Halving keeps the order (a higher Django priority never lands lower) and puts the
+    named levels where Django users expect them: -100 → BATCH, 0 → NORMAL, 100 → CRITICAL.
+    """
+    return (int(django_priority) + 100) // 2
+
+
+def django_priority(pq_priority: int) -> int:
+    """The inverse of :func:`pq_priority` (exact for even Django priorities)."""
+    return int(pq_priority) * 2 - 100
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PQTask(Task):  # type: ignore[type-arg]
+    """A ``django.tasks`` Task with django-pq's own options.
+
+    Set them on the decorator (``@task(max_attempts=3, max_runtime=60)``, Django >= 6.1 or
+    the backport) or per call with ``.using(...)``. ``None`` means django-pq's default.
+    """
+
+    max_attempts: int | None = None
+    max_runtime: float | None = None
+    client_id: str | None = None
+
+    def using(
+        self,
+        *,
+        priority: int | None = None,
+        queue_name: str | None = None,
+        run_after: datetime | None = None,
+        backend: str | None = None,
+        max_attempts: int | None = None,
+        max_runtime: float | None = None,
+        client_id: str | None = None,
+    ) -> PQTask:
+        """A copy with changed defaults; also takes django-pq's options."""
+        copy: Any = Task.using(
+            self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
+        )
+        changes: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("max_attempts", max_attempts),
+                ("max_runtime", max_runtime),
+                ("client_id", client_id),
+            )
+            if value is not None
+        }
+        return dataclasses.replace(copy, **changes) if changes else copy  # type: ignore[no-any-return]
+
+
+def _options(task: Task) -> dict[str, Any]:  # type: ignore[type-arg]
+    # A plain Task (made for another backend, then .using(backend=...)) has none of them.
+    return {name: getattr(task, name, None) for name in PQ_TASK_OPTIONS}
+
+
+def _normalized(task: Task, args: Iterable[Any], kwargs: dict[str, Any]) -> tuple[Any, Any]:  # type: ignore[type-arg]
+    try:
+        return normalize_json(list(args)), normalize_json(dict(kwargs))
+    except (TypeError, ValueError) as error:
+        raise TaskRefused(
+            f"The arguments of {task.module_path} cannot be stored: django.tasks arguments "
+            f"must be JSON values (str, int, float, bool, None, lists and dicts) - {error}. "
+            "Pass ids and ISO strings, or enqueue with django_pq.enqueue(), which also "
+            "round-trips datetime, Decimal, UUID and the like."
+        ) from error
+
+
+class PQBackend(BaseTaskBackend):
+    """Runs ``django.tasks`` tasks on django-pq.
+
+    ``TASKS = {"default": {"BACKEND": "django_pq.backend.PQBackend"}}``. ``QUEUES`` works as
+    for every backend (``[]`` allows any queue name).
+    """
+
+    task_class = PQTask
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+
+    def validate_task(self, task: Task) -> None:  # type: ignore[type-arg]
+        """Django's rules, plus django-pq's options where the task sets them."""
+        super().validate_task(task)
+        options = _options(task)
+        attempts = options["max_attempts"]
+        if attempts is not None and (
+            isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1
+        ):
+            raise InvalidTask(f"max_attempts must be an integer >= 1 or None; got {attempts!r}.")
+        runtime = options["max_runtime"]
+        if runtime is not None and (
+            isinstance(runtime, bool)
+            or not isinstance(runtime, int | float)
+            or not math.isfinite(runtime)
+            or runtime <= 0
+        ):
+            raise InvalidTask(
+                f"max_runtime must be a positive number of seconds or None; got {runtime!r}."
+            )
+
+    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:  # type: ignore[type-arg]
+        """Write the task as a ``pq_tasks`` row on ``PQ_DATABASE``, in the caller's transaction.
+
+        ``task_enqueued`` is sent when that transaction commits (at once in autocommit), so
+        receivers never hear of a task that a rollback removed.
+        """
+        self.validate_task(task)
+        json_args, json_kwargs = _normalized(task, args, kwargs)
+        row = _write_row(task, json_args, json_kwargs)
+        result = self._result(task, row)
+        transaction.on_commit(
+            functools.partial(task_enqueued.send, type(self), task_result=result),
+            using=pq_settings.DATABASE,
+        )
+        return result
+
+    def get_result(self, result_id: str) -> TaskResult:  # type: ignore[type-arg]
+        """The task's current state, read from its row."""
+        if not result_id.isdigit():
+            raise self._missing(result_id)
+        try:
+            row = TaskRow.objects.using(pq_settings.DATABASE).get(pk=int(result_id))
+        except TaskRow.DoesNotExist:
+            raise self._missing(result_id) from None
+        return self._result(None, row)
+
+    async def aget_result(self, result_id: str) -> TaskResult:  # type: ignore[type-arg]
+        """See :meth:`get_result`."""
+        if not result_id.isdigit():
+            raise self._missing(result_id)
+        try:
+            row = await TaskRow.objects.using(pq_settings.DATABASE).aget(pk=int(result_id))
+        except TaskRow.DoesNotExist:
+            raise self._missing(result_id) from None
+        return self._result(None, row)
+
+    def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
+        """``django_pq.E101``: django_pq is not installed; ``django_pq.E102``: not PostgreSQL."""
+        if not apps.is_installed("django_pq"):
+            return [
+                checks.Error(
+                    f"TASKS[{self.alias!r}] uses django_pq.backend.PQBackend, but django_pq "
+                    "is not in INSTALLED_APPS, so its tables and worker do not exist.",
+                    hint="Add 'django_pq' to INSTALLED_APPS and run manage.py migrate.",
+                    id="django_pq.E101",
+                )
+            ]
+        return [
+            checks.Error(
+                f"TASKS[{self.alias!r}] uses PQBackend: {error.msg}",
+                hint=error.hint,
+                id="django_pq.E102",
+            )
+            for error in check_database()
+        ]
+
+    # -- reading rows --------------------------------------------------------------------
+
+    def _missing(self, result_id: str) -> Exception:
+        return TaskResultDoesNotExist(f"There is no django-pq task with id {result_id!r}.")
+
+    def _task_of(self, row: TaskRow) -> Task:  # type: ignore[type-arg]
+        try:
+            found = resolve(row.name)
+        except NotATaskFunction as error:
+            raise TaskResultDoesNotExist(
+                f"Task {row.pk} names {row.name}, which cannot be loaded here: {error}"
+            ) from error
+        if not isinstance(found, Task):
+            raise TaskResultDoesNotExist(
+                f"Task {row.pk} ({row.name}) was enqueued with django_pq.enqueue(), not "
+                "through django.tasks; read it with django_pq.Task.objects.get(pk=...)."
+            )
+        run_after = row.run_at if row.run_at > row.created_at else None
+        return dataclasses.replace(
+            found,
+            priority=django_priority(row.priority),
+            queue_name=row.queue,
+            run_after=run_after,
+            backend=self.alias,
+        )
+
+    def _result(self, task: Task | None, row: TaskRow) -> TaskResult:  # type: ignore[type-arg]
+        task = task if task is not None else self._task_of(row)
+        args, kwargs = row.decoded_arguments()
+        worker = [str(row.worker_id)] if row.worker_id else []
+        result: TaskResult = TaskResult(  # type: ignore[type-arg]
+            task=task,
+            id=str(row.pk),
+            status=_STATUS[Status(row.status)],
+            enqueued_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            last_attempted_at=row.started_at,
+            args=list(args),
+            kwargs=kwargs,
+            backend=self.alias,
+            errors=_errors(row),
+            # pq keeps the last worker only; one entry per attempt keeps `attempts` right.
+            worker_ids=worker * row.attempts,
+        )
+        if row.status == Status.COMPLETED:
+            object.__setattr__(result, "_return_value", row.decoded_result())
+        return result
+
+
+_STATUS = {
+    Status.PENDING: TaskResultStatus.READY,
+    Status.RUNNING: TaskResultStatus.RUNNING,
+    Status.COMPLETED: TaskResultStatus.SUCCESSFUL,
+    Status.FAILED: TaskResultStatus.FAILED,
+    # django.tasks has no "cancelled": a cancelled task failed to run, with TaskRunError.
+    Status.CANCELLED: TaskResultStatus.FAILED,
+}
+
+_CLASS_FOR_CODE: dict[str, str] = {
+    ErrorCode.TIMEOUT: "builtins.TimeoutError",
+    ErrorCode.MEMORY: "builtins.MemoryError",
+}
+# The line naming the exception in a formatted traceback: "ValueError: ..." or "pkg.Error".
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
+
+
+def _exception_class_path(error_code: str, error: str) -> str:
+    if error_code in _CLASS_FOR_CODE:
+        return _CLASS_FOR_CODE[error_code]
+    if error_code == ErrorCode.EXCEPTION:
+        named = None
+        for line in error.splitlines():
+            if line.startswith("Hook "):  # hook failures are appended after the task's own
+                break
+            match = _EXCEPTION_LINE.match(line)
+            if match and line != "Traceback (most recent call last):":
+                named = match.group(1)
+        if named:
+            return named if "." in named else f"builtins.{named}"
+    return f"{TaskRunError.__module__}.{TaskRunError.__qualname__}"
+
+
+def _errors(row: TaskRow) -> list[TaskError]:
+    if not row.error_code:
+        return []
+    return [
+        TaskError(
+            exception_class_path=_exception_class_path(row.error_code, row.error),
+            traceback=row.error or str(ErrorCode(row.error_code).label),
+        )
+    ]
+
+
+def _write_row(task: Task, args: list[Any], kwargs: dict[str, Any]) -> TaskRow:  # type: ignore[type-arg]
+    options: dict[str, Any] = {
+        "queue": task.queue_name,
+        "priority": pq_priority(task.priority),
+        "run_at": task.run_after,
+        **{name: value for name, value in _options(task).items() if value is not None},
+    }
+    if not set(kwargs) & set(RESERVED_OPTIONS):
+        return enqueue(task, *args, **kwargs, **options)  # type: ignore[arg-type]
+    # The task itself has a keyword named like an enqueue option (say, `priority`): encode
+    # the call separately so the option and the argument cannot be confused.
+    prepared = dataclasses.replace(
+        prepare(task, **options),  # type: ignore[arg-type]
+        payload=encode_payload(tuple(args), kwargs),
+    )
+    return enqueue_many([prepared])[0]
+
+
+def run_django_task(
+    task: Task,  # type: ignore[type-arg]
+    run: TaskRun,
+    call: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any],
+) -> Any:
+    """Run a ``django.tasks`` task in the worker's child, as ``call`` runs native ones.
+
+    Sends Django's ``task_started`` and ``task_finished`` around the run and passes a
+    ``TaskContext`` (with this attempt) to tasks that take one. Raises what the task raised.
+    """
+    backend_class = PQBackend
+    row = TaskRow.objects.using(pq_settings.DATABASE).get(pk=run.id)
+    task_result = PQBackend(task.backend, {"QUEUES": []})._result(task, row)
+    # The row read here is a snapshot from before the run: make it look like this attempt.
+    object.__setattr__(task_result, "status", TaskResultStatus.RUNNING)
+    object.__setattr__(task_result, "errors", [])
+    task_started.send(sender=backend_class, task_result=task_result)
+    args = (TaskContext(task_result=task_result), *run.args) if task.takes_context else run.args
+    try:
+        value = call(task.func, args, run.kwargs)
+    except BaseException as error:
+        object.__setattr__(task_result, "status", TaskResultStatus.FAILED)
+        object.__setattr__(task_result, "finished_at", timezone.now())
+        object.__setattr__(
+            task_result,
+            "errors",
+            [
+                TaskError(
+                    exception_class_path=f"{type(error).__module__}.{type(error).__qualname__}",
+                    traceback="".join(traceback.format_exception(error)),
+                )
+            ],
+        )
+        task_finished.send(sender=backend_class, task_result=task_result)
+        raise
+    object.__setattr__(task_result, "status", TaskResultStatus.SUCCESSFUL)
+    object.__setattr__(task_result, "finished_at", timezone.now())
+    object.__setattr__(task_result, "_return_value", value)
+    task_finished.send(sender=backend_class, task_result=task_result)
+    return value

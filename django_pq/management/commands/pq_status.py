@@ -1,0 +1,152 @@
+"""``manage.py pq_status``: the queue at a glance, for people and for health checks.
+
+Exit codes: 0 when at least one live worker is seen, 1 when none is (so it can serve as a
+health check of the worker fleet), 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from django_pq.status import Snapshot, snapshot
+
+#: Exit code when no worker holds a live lease.
+NO_LIVE_WORKER = 1
+
+
+def _age(seconds: float) -> str:
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    if seconds < 120:
+        return f"{sign}{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{sign}{seconds / 60:.1f}m"
+    if seconds < 172800:
+        return f"{sign}{seconds / 3600:.1f}h"
+    return f"{sign}{seconds / 86400:.1f}d"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [
+        max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)
+    ]
+    line = "  ".join(f"{{:<{width}}}" for width in widths)
+    return [line.format(*headers).rstrip()] + [line.format(*row).rstrip() for row in rows]
+
+
+def render(state: Snapshot) -> str:
+    """The human-readable report."""
+    out: list[str] = []
+    by_queue: dict[str, dict[str, int]] = {}
+    for count in state.queues:
+        cells = by_queue.setdefault(count.queue, {"ready": 0, "scheduled": 0, "running": 0})
+        if count.status == "pending":
+            cells["ready"] += count.ready
+            cells["scheduled"] += count.count - count.ready
+        else:
+            cells["running"] += count.count
+    out.append("Queues")
+    if by_queue:
+        rows = [
+            [
+                queue,
+                str(cells["ready"]),
+                str(cells["scheduled"]),
+                str(cells["running"]),
+                _age(state.oldest_ready_age[queue]) if queue in state.oldest_ready_age else "-",
+            ]
+            for queue, cells in sorted(by_queue.items())
+        ]
+        out += _table(["queue", "ready", "scheduled", "running", "oldest ready"], rows)
+    else:
+        out.append("  (no pending or running tasks)")
+    if state.finished:
+        out += ["", "Finished in the last hour"]
+        out += _table(
+            ["task", "status", "count", "avg duration"],
+            [
+                [name, status, str(count), _age(seconds / count) if count else "-"]
+                for name, status, count, seconds in state.finished
+            ],
+        )
+    out += ["", f"Running tasks ({len(state.running)})"]
+    out += _table(
+        ["id", "task", "queue", "attempt", "running for", "worker"],
+        [
+            [str(t.id), t.name, t.queue, str(t.attempt), _age(t.running_for), t.worker_id or "-"]
+            for t in state.running
+        ],
+    )
+    out += ["", f"Live workers ({len(state.workers)})"]
+    out += _table(
+        ["worker", "host:pid", "running", "heartbeat", "up", "queues"],
+        [
+            [
+                w.id,
+                f"{w.hostname}:{w.pid}",
+                f"{w.running}/{w.concurrency}",
+                f"{_age(w.heartbeat_age)} ago",
+                _age(w.up_for),
+                ",".join(w.queues) or "all",
+            ]
+            for w in state.workers
+        ],
+    )
+    out += ["", "Schedules due next"]
+    out += _table(
+        ["schedule", "every", "next run", "due in"],
+        [
+            [
+                f"{s.name}[{s.key}]" if s.key else s.name,
+                s.every,
+                s.next_run.isoformat(timespec="seconds"),
+                _age(s.due_in),
+            ]
+            for s in state.schedules
+        ],
+    )
+    if not state.has_live_worker:
+        out += ["", "No live worker: nothing will run. Start one with manage.py pq_worker."]
+    return "\n".join(out)
+
+
+class Command(BaseCommand):
+    help = (
+        "Show django-pq's queues (ready, scheduled, running, oldest ready task's age), running "
+        "tasks, live workers and the schedules due next. Exits 1 when no live worker is seen."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--json", action="store_true", help="Print one JSON object instead of tables."
+        )
+        parser.add_argument(
+            "--running-limit",
+            type=int,
+            default=50,
+            help="Show at most this many running tasks (default: 50).",
+        )
+        parser.add_argument(
+            "--schedules",
+            type=int,
+            default=10,
+            help="Show this many schedules due next (default: 10).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        for flag in ("running_limit", "schedules"):
+            if options[flag] < 0:
+                self.stderr.write(f"--{flag.replace('_', '-')} must be >= 0.")
+                raise SystemExit(2)
+        state = snapshot(
+            running_limit=options["running_limit"], schedule_limit=options["schedules"]
+        )
+        if options["json"]:
+            self.stdout.write(json.dumps(state.as_json(), indent=2, default=str))
+        else:
+            self.stdout.write(render(state))
+        if not state.has_live_worker:
+            raise SystemExit(NO_LIVE_WORKER)

@@ -1,0 +1,179 @@
+"""A Prometheus endpoint for django-pq, on the ``prometheus_client`` library (an extra).
+
+::
+
+    # urls.py
+    from django_pq.metrics import metrics_view
+    urlpatterns = [path("metrics/pq", metrics_view)]
+
+Every scrape reads the queue with a fixed set of indexed queries (see
+:mod:`django_pq.status`): unfinished rows through their partial indexes, and the last
+``window`` seconds of finished rows through the finished index, so the cost follows the
+number of pending, running and recently finished tasks, not the size of the table. Put the
+view behind your own access control (``staff_member_required``, a private port, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from django.db import connections
+from django.http import HttpRequest, HttpResponse
+
+from django_pq.conf import pq_settings
+from django_pq.status import OLDEST_READY, QUEUE_COUNTS, WORKERS
+
+__all__ = ["DEFAULT_BUCKETS", "PQCollector", "make_metrics_view", "metrics_view"]
+
+#: Histogram buckets for task durations, in seconds.
+DEFAULT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+
+def _prometheus() -> Any:
+    try:
+        import prometheus_client
+    except ImportError as error:
+        raise ImportError(
+            "django_pq.metrics needs the prometheus_client library. Install it with "
+            "pip install 'django-pq-tasks[prometheus]' (or pip install prometheus-client)."
+        ) from error
+    return prometheus_client
+
+
+def _finished_sql(buckets: Sequence[float]) -> str:
+    """Outcomes and duration buckets of the window's finished runs, by function and status.
+
+    One pass over the finished index; the bucket counts are cumulative, as Prometheus
+    histograms want them.
+    """
+    duration = "extract(epoch FROM finished_at - started_at)"
+    counts = ", ".join(f"count(*) FILTER (WHERE {duration} <= {float(le)!r})" for le in buckets)
+    return f"""
+        SELECT name, status, count(*), coalesce(sum({duration}), 0),
+               count(*) FILTER (WHERE started_at IS NOT NULL), {counts}
+        FROM pq_tasks
+        WHERE status IN ('completed', 'failed', 'cancelled')
+          AND finished_at > now() - make_interval(secs => %(window)s)
+        GROUP BY name, status
+    """
+
+
+class PQCollector:
+    """A ``prometheus_client`` collector that reads the queue on every scrape."""
+
+    def __init__(
+        self,
+        window: float = 300.0,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        using: str | None = None,
+    ) -> None:
+        self.window = window
+        self.buckets = tuple(sorted(buckets))
+        self.using = using
+        self.finished_sql = _finished_sql(self.buckets)
+
+    def collect(self) -> Iterator[Any]:
+        """Yield the metric families (the ``prometheus_client`` collector protocol)."""
+        _prometheus()
+        from prometheus_client import core as metrics
+
+        with connections[self.using or pq_settings.DATABASE].cursor() as cursor:
+            cursor.execute(QUEUE_COUNTS)
+            depth = cursor.fetchall()
+            cursor.execute(OLDEST_READY)
+            oldest = cursor.fetchall()
+            cursor.execute(self.finished_sql, {"window": self.window})
+            finished = cursor.fetchall()
+            cursor.execute(WORKERS)
+            workers = cursor.fetchall()
+
+        tasks = metrics.GaugeMetricFamily(
+            "pq_tasks",
+            "Unfinished tasks by queue, state (ready, scheduled, running) and priority.",
+            labels=["queue", "state", "priority"],
+        )
+        for queue, status, priority, count, ready in depth:
+            if status == "pending":
+                tasks.add_metric([queue, "ready", str(priority)], ready)
+                tasks.add_metric([queue, "scheduled", str(priority)], count - ready)
+            else:
+                tasks.add_metric([queue, "running", str(priority)], count)
+        yield tasks
+
+        age = metrics.GaugeMetricFamily(
+            "pq_oldest_ready_task_age_seconds",
+            "How long the oldest ready task of each queue has waited to be claimed.",
+            labels=["queue"],
+        )
+        for queue, seconds in oldest:
+            age.add_metric([queue], float(seconds))
+        yield age
+
+        outcomes = metrics.GaugeMetricFamily(
+            "pq_tasks_finished_recent",
+            f"Tasks finished in the last {self.window:g} seconds, by function and status.",
+            labels=["task", "status"],
+        )
+        durations = metrics.HistogramMetricFamily(
+            "pq_task_duration_seconds",
+            f"Run time of the tasks finished in the last {self.window:g} seconds.",
+            labels=["task", "status"],
+        )
+        for name, status, count, total, timed, *cumulative in finished:
+            outcomes.add_metric([name, status], count)
+            buckets = [(repr(le), n) for le, n in zip(self.buckets, cumulative, strict=True)]
+            durations.add_metric(
+                [name, status], buckets=[*buckets, ("+Inf", timed)], sum_value=float(total)
+            )
+        yield outcomes
+        yield durations
+
+        live = metrics.GaugeMetricFamily(
+            "pq_workers_live", "Workers holding a live lease.", labels=["hostname"]
+        )
+        slots = metrics.GaugeMetricFamily(
+            "pq_worker_slots", "Task slots of the live workers, by use.", labels=["state"]
+        )
+        per_host: dict[str, int] = {}
+        busy = total_slots = 0
+        for _id, hostname, _pid, concurrency, _queues, _beat, _up, running in workers:
+            per_host[hostname] = per_host.get(hostname, 0) + 1
+            busy += running
+            total_slots += concurrency
+        for hostname, count in sorted(per_host.items()):
+            live.add_metric([hostname], count)
+        slots.add_metric(["busy"], busy)
+        slots.add_metric(["idle"], max(total_slots - busy, 0))
+        yield live
+        yield slots
+
+
+def make_metrics_view(
+    window: float = 300.0, buckets: Sequence[float] = DEFAULT_BUCKETS, using: str | None = None
+) -> Callable[[HttpRequest], HttpResponse]:
+    """A Django view serving django-pq's metrics in Prometheus' text format.
+
+    ``window``: seconds of finished history behind the outcome and duration metrics.
+    """
+    prometheus = _prometheus()
+    registry = prometheus.CollectorRegistry(auto_describe=False)
+    registry.register(PQCollector(window, buckets, using))
+
+    def metrics(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(
+            prometheus.generate_latest(registry), content_type=prometheus.CONTENT_TYPE_LATEST
+        )
+
+    return metrics
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """The default metrics view (a 300-second window); see :func:`make_metrics_view`."""
+    global _default_view
+    if _default_view is None:
+        _default_view = make_metrics_view()
+    return _default_view(request)
+
+
+_default_view: Callable[[HttpRequest], HttpResponse] | None = None

@@ -1,0 +1,426 @@
+"""Helpers for your own tests: see what your code enqueued, and run it without a worker.
+
+::
+
+    from django_pq.testing import capture_tasks, run_pending_tasks
+
+    def test_order_sends_receipt(db):
+        with capture_tasks() as captured:
+            order = place_order(product, 1, "a@example.com")
+        captured.assert_enqueued(send_receipt, order_id=order.pk, priority=Priority.HIGH)
+        [outcome] = run_pending_tasks()
+        assert outcome.status == "completed"
+
+Captures read the ``pq_tasks`` rows written since the capture began, so every way of
+enqueueing (``enqueue``, ``enqueue_many``, ``upsert``, ``PQBackend``, schedules) is seen,
+and an enqueue rolled back with its transaction is not. ``run_pending_tasks`` claims and
+runs tasks the way ``pq_worker`` does (same hooks, same outcome rules, retries included),
+in this process (``isolation="inline"``, inside the test's transaction) or in a forked
+child (``isolation="fork"``, which needs committed data: ``TransactionTestCase`` or pytest's
+``transactional_db``).
+
+With pytest, ``pytest_plugins = ["django_pq.testing"]`` in a ``conftest.py`` gives the
+``pq_capture`` fixture. ``PQTestCaseMixin`` offers the same to ``TestCase`` classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from django.db import connections, transaction
+
+from django_pq.conf import pq_settings
+from django_pq.exceptions import PQError
+
+if TYPE_CHECKING:
+    from django_pq.models import Task
+    from django_pq.worker.sql import Claimed, Outcome
+
+__all__ = [
+    "CapturedTasks",
+    "EnqueuedTask",
+    "PQTestCaseMixin",
+    "TaskOutcome",
+    "capture_tasks",
+    "pq_capture",
+    "run_pending_tasks",
+]
+
+Isolation = Literal["inline", "fork"]
+
+#: The enqueue options an assertion can check, as ``enqueue()`` names them.
+OPTION_NAMES = ("run_at", "priority", "queue", "client_id", "max_attempts", "max_runtime")
+
+
+@dataclass(frozen=True)
+class EnqueuedTask:
+    """One enqueued task as a test sees it: the function's path, its call, its options."""
+
+    id: int
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    queue: str
+    priority: int
+    run_at: datetime
+    client_id: str | None
+    max_attempts: int
+    max_runtime: float | None
+    status: str
+
+    @classmethod
+    def from_row(cls, row: Task) -> EnqueuedTask:
+        args, kwargs = row.decoded_arguments()
+        return cls(
+            id=row.pk,
+            name=row.name,
+            args=args,
+            kwargs=kwargs,
+            queue=row.queue,
+            priority=row.priority,
+            run_at=row.run_at,
+            client_id=row.client_id,
+            max_attempts=row.max_attempts,
+            max_runtime=row.max_runtime,
+            status=row.status,
+        )
+
+    def describe(self) -> str:
+        call = [repr(value) for value in self.args]
+        call += [f"{name}={value!r}" for name, value in self.kwargs.items()]
+        return (
+            f"#{self.id} {self.name}({', '.join(call)}) queue={self.queue!r} "
+            f"priority={self.priority} client_id={self.client_id!r} status={self.status}"
+        )
+
+
+def _name_of(func: Callable[..., Any] | str) -> str:
+    from django_pq.task_paths import task_path
+
+    return func if isinstance(func, str) else task_path(func)
+
+
+class CapturedTasks:
+    """The tasks enqueued on ``PQ_DATABASE`` since this capture began.
+
+    Read live: ``tasks`` queries again each time, so a capture used after its block still
+    sees what the block enqueued, with its current status.
+    """
+
+    def __init__(self, using: str | None = None) -> None:
+        self.using = using or pq_settings.DATABASE
+        with connections[self.using].cursor() as cursor:
+            cursor.execute("SELECT coalesce(max(id), 0) FROM pq_tasks")
+            row = cursor.fetchone()
+        self.after_id = int(row[0]) if row else 0
+
+    @property
+    def tasks(self) -> list[EnqueuedTask]:
+        """Captured tasks, oldest first."""
+        from django_pq.models import Task
+
+        rows = Task.objects.using(self.using).filter(pk__gt=self.after_id).order_by("pk")
+        return [EnqueuedTask.from_row(row) for row in rows]
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self) -> Iterator[EnqueuedTask]:
+        return iter(self.tasks)
+
+    def for_function(self, func: Callable[..., Any] | str) -> list[EnqueuedTask]:
+        """Captured tasks of one function (the function, a django.tasks Task, or its path)."""
+        name = _name_of(func)
+        return [task for task in self.tasks if task.name == name]
+
+    def matching(
+        self, func: Callable[..., Any] | str, *args: Any, **kwargs: Any
+    ) -> list[EnqueuedTask]:
+        """Captured tasks of ``func`` called as ``enqueue(func, *args, **kwargs)`` would be.
+
+        Keywords named like enqueue options (``priority``, ``queue``, ``run_at``,
+        ``client_id``, ``max_attempts``, ``max_runtime``) are compared with the task's
+        options; the rest with its arguments. Without positional or task keyword
+        arguments, any arguments match. ``unittest.mock.ANY`` matches any one value.
+        """
+        options = {name: kwargs.pop(name) for name in OPTION_NAMES if name in kwargs}
+        compare_call = bool(args or kwargs)
+        found = []
+        for task in self.for_function(func):
+            if compare_call and (task.args != args or task.kwargs != kwargs):
+                continue
+            if all(getattr(task, name) == value for name, value in options.items()):
+                found.append(task)
+        return found
+
+    def assert_enqueued(
+        self, func: Callable[..., Any] | str, *args: Any, count: int | None = None, **kwargs: Any
+    ) -> EnqueuedTask:
+        """Fail unless ``func`` was enqueued like this (``count`` times, if given).
+
+        Returns the (last) matching task. The failure lists what was enqueued instead.
+        """
+        found = self.matching(func, *args, **kwargs)
+        expected = "at least once" if count is None else f"{count} time(s)"
+        if not found or (count is not None and len(found) != count):
+            raise AssertionError(
+                f"Expected {_name_of(func)} enqueued {expected} with "
+                f"{_describe_call(args, kwargs)}; found {len(found)} matching. "
+                f"Enqueued: {self._listing()}"
+            )
+        return found[-1]
+
+    def assert_not_enqueued(
+        self, func: Callable[..., Any] | str, *args: Any, **kwargs: Any
+    ) -> None:
+        """Fail if ``func`` was enqueued like this (any arguments, when none are given)."""
+        found = self.matching(func, *args, **kwargs)
+        if found:
+            raise AssertionError(
+                f"Expected no {_name_of(func)} enqueued with {_describe_call(args, kwargs)}; "
+                f"found: {'; '.join(task.describe() for task in found)}"
+            )
+
+    def assert_nothing_enqueued(self) -> None:
+        """Fail if any task was enqueued since the capture began."""
+        if self.tasks:
+            raise AssertionError(f"Expected no task enqueued; found: {self._listing()}")
+
+    def run(self, **options: Any) -> list[TaskOutcome]:
+        """Run the pending tasks now; see :func:`run_pending_tasks` for the options."""
+        return run_pending_tasks(using=self.using, **options)
+
+    def _listing(self) -> str:
+        return "; ".join(task.describe() for task in self.tasks) or "nothing"
+
+
+def _describe_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    if not args and not kwargs:
+        return "any arguments"
+    parts = [repr(value) for value in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return f"({', '.join(parts)})"
+
+
+@contextlib.contextmanager
+def capture_tasks(using: str | None = None) -> Iterator[CapturedTasks]:
+    """Capture the tasks enqueued inside the ``with`` block (readable after it, too)."""
+    yield CapturedTasks(using)
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """How one run ended, as the worker would have recorded it."""
+
+    id: int
+    name: str
+    attempt: int
+    status: str  # completed | failed | cancelled | pending (a retry, or a parked upsert)
+    error_code: str
+    error: str
+    result: Any = field(default=None)
+
+
+# Claims the best ready task, exactly like the worker's claim but one at a time and, for
+# tests, optionally ignoring run_at (the test's transaction freezes now()).
+_CLAIM = """
+    UPDATE pq_tasks t SET
+        status = 'running', worker_id = %(worker)s, run_token = gen_random_uuid(),
+        attempts = t.attempts + 1, started_at = now(), finished_at = NULL,
+        is_cancel_requested = false
+    WHERE t.id = (
+        SELECT id FROM pq_tasks
+        WHERE status = 'pending' AND (%(include_scheduled)s OR run_at <= now())
+          AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
+        ORDER BY priority DESC, run_at, id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING t.id, t.name, t.payload, t.queue, t.priority, t.attempts, t.max_attempts,
+        t.max_runtime, t.run_token::text, t.client_id, t.periodic_id
+"""
+
+
+def run_pending_tasks(
+    *,
+    isolation: Isolation = "inline",
+    queues: Sequence[str] = (),
+    include_scheduled: bool = False,
+    max_tasks: int = 1000,
+    using: str | None = None,
+) -> list[TaskOutcome]:
+    """Run pending tasks in this process until none is ready; return how each run ended.
+
+    - ``isolation="inline"`` runs each task in this process, inside a savepoint of the
+      test's transaction, so it sees the test's uncommitted data. ``"fork"`` runs each in a
+      forked child exactly as ``pq_worker`` does (timeouts and crashes included); the child
+      has its own connection, so the data must be committed (``TransactionTestCase``).
+    - ``queues``: only these queues (default: all).
+    - ``include_scheduled``: also run tasks whose ``run_at`` is in the future.
+    - ``max_tasks``: a bound on runs, so a task that enqueues itself cannot loop forever.
+
+    Retries run at once (no backoff delay). Raises :class:`PQError` when ``max_tasks``
+    runs did not empty the queue.
+    """
+    from django_pq.models import Task
+    from django_pq.worker.sql import FINISH_STATEMENT, Claimed, finish_params
+
+    alias = using or pq_settings.DATABASE
+    connection = connections[alias]
+    if isolation == "fork" and connection.in_atomic_block:
+        raise PQError(
+            "run_pending_tasks(isolation='fork') runs each task in a child process with its "
+            "own database connection, which cannot see this test's uncommitted transaction. "
+            "Use TransactionTestCase (pytest: the transactional_db fixture), or "
+            "isolation='inline'."
+        )
+    worker_id = str(uuid.uuid4())
+    outcomes: list[TaskOutcome] = []
+    params: dict[str, Any] = {
+        "worker": worker_id,
+        "include_scheduled": include_scheduled,
+        "queues": list(queues),
+    }
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(_CLAIM, params)
+            row = cursor.fetchone()
+        if row is None:
+            return outcomes
+        if len(outcomes) >= max_tasks:
+            raise PQError(
+                f"run_pending_tasks ran {max_tasks} tasks and more are still pending (a task "
+                "that enqueues itself?). Raise max_tasks if that many are expected."
+            )
+        # Django's cursor hands jsonb over as text; the worker's own connection parses it.
+        payload = json.loads(row[2]) if isinstance(row[2], str) else row[2]
+        claimed = Claimed(row[0], row[1], payload, *row[3:])
+        run = _run_inline(claimed, alias) if isolation == "inline" else _run_forked(claimed)
+        with connection.cursor() as cursor:
+            cursor.execute(FINISH_STATEMENT, finish_params([run], pq_settings.NOTIFY_CHANNEL))
+        task = Task.objects.using(alias).get(pk=claimed.id)
+        outcomes.append(
+            TaskOutcome(
+                id=task.pk,
+                name=claimed.name,
+                attempt=claimed.attempts,
+                status=task.status,
+                error_code=task.error_code,
+                error=task.error,
+                result=task.decoded_result(),
+            )
+        )
+
+
+class _UndoTask(Exception):
+    """Leaves the task's savepoint by rolling it back."""
+
+
+def _transaction_failed(connection: Any) -> bool:
+    from psycopg.pq import TransactionStatus
+
+    raw = connection.connection
+    return raw is not None and raw.info.transaction_status == TransactionStatus.INERROR
+
+
+def _run_inline(claimed: Claimed, alias: str) -> Outcome:
+    from django_pq.worker.child import execute
+    from django_pq.worker.children import RunningChild, judge
+
+    connection = connections[alias]
+    if not connection.in_atomic_block:
+        report = execute(claimed, pq_settings.MAX_MEMORY)
+    else:
+        # Inside the test's transaction, the task runs in a savepoint: a task whose own
+        # query failed is undone, as its own connection's failure would be in a worker,
+        # and leaves the test's transaction usable.
+        try:
+            with transaction.atomic(using=alias):
+                report = execute(claimed, pq_settings.MAX_MEMORY)
+                if connection.needs_rollback or _transaction_failed(connection):
+                    raise _UndoTask
+        except _UndoTask:
+            pass
+    child = RunningChild(
+        task=claimed, pid=0, report_fd=-1, started=0.0, deadline=None,
+        report=bytearray(json.dumps(report).encode()),
+    )  # fmt: skip
+    return judge(child, 0, None, pq_settings.ERROR_MAX_LENGTH, retry_delay=0.0)
+
+
+def _run_forked(claimed: Claimed) -> Outcome:
+    from django_pq.worker.child import LeaseClock
+    from django_pq.worker.children import fork_child, judge
+
+    max_runtime = claimed.max_runtime or pq_settings.MAX_RUNTIME
+    child = fork_child(claimed, LeaseClock(), max_runtime, pq_settings.MAX_MEMORY)
+    # The pipe closes when the child exits (or is killed): until then, enforce the deadline.
+    while not child.pipe_closed:
+        now = time.monotonic()
+        if child.deadline is not None and now >= child.deadline:
+            child.stop(
+                "timeout", f"The task ran past its max_runtime of {max_runtime:g}s.",
+                pq_settings.KILL_GRACE,
+            )  # fmt: skip
+        child.escalate(now)
+        select.select([child.report_fd], [], [], 0.05)
+        child.read_report()
+    _, status, usage = os.wait4(child.pid, 0)
+    return judge(child, status, usage, pq_settings.ERROR_MAX_LENGTH, retry_delay=0.0)
+
+
+class PQTestCaseMixin:
+    """For ``django.test.TestCase`` classes: ``captureEnqueuedTasks`` and friends.
+
+    ::
+
+        class OrderTests(PQTestCaseMixin, TestCase):
+            def test_receipt(self):
+                with self.captureEnqueuedTasks() as captured:
+                    place_order(...)
+                captured.assert_enqueued(send_receipt, order_id=...)
+                self.runPendingTasks()
+    """
+
+    def captureEnqueuedTasks(
+        self, using: str | None = None
+    ) -> contextlib.AbstractContextManager[CapturedTasks]:
+        """Capture the tasks enqueued inside the ``with`` block."""
+        return capture_tasks(using)
+
+    def runPendingTasks(self, **options: Any) -> list[TaskOutcome]:
+        """Run the pending tasks now; see :func:`run_pending_tasks`."""
+        return run_pending_tasks(**options)
+
+    def assertTaskEnqueued(
+        self, captured: CapturedTasks, func: Callable[..., Any] | str, *args: Any, **kwargs: Any
+    ) -> EnqueuedTask:
+        """``captured.assert_enqueued(...)``, in ``TestCase`` style."""
+        return captured.assert_enqueued(func, *args, **kwargs)
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - pytest is optional
+    pass
+else:
+
+    @pytest.fixture
+    def pq_capture(request: pytest.FixtureRequest) -> CapturedTasks:
+        """A :class:`CapturedTasks` begun at the start of the test.
+
+        Uses the test's own database fixture when it asks for one (``db`` or
+        ``transactional_db``), and ``db`` otherwise.
+        """
+        asks_for_db = {"db", "transactional_db"} & set(request.fixturenames)
+        if not asks_for_db and request.node.get_closest_marker("django_db") is None:
+            request.getfixturevalue("db")
+        return CapturedTasks()

@@ -1,0 +1,63 @@
+"""The shop's own tests, written the way a django-pq user writes theirs.
+
+Run from the repository root::
+
+    python -m pytest example_project/shop/tests --ds=example_project.settings
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.db import transaction
+
+import django_pq as pq
+from django_pq.testing import CapturedTasks, run_pending_tasks
+from shop.models import Order, Product
+from shop.orders import place_order
+from shop.tasks import send_receipt, sync_inventory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def lamp() -> Product:
+    return Product.objects.create(name="Lamp", sku="LAMP-1", price=Decimal("19.90"), stock=3)
+
+
+def test_placing_an_order_enqueues_its_receipt(lamp: Product, pq_capture: CapturedTasks) -> None:
+    order = place_order(lamp, 1, "ada@example.com")
+    pq_capture.assert_enqueued(
+        send_receipt,
+        order_id=order.pk,
+        priority=pq.Priority.HIGH,
+        client_id=f"receipt-order-{order.pk}",
+    )
+    pq_capture.assert_not_enqueued(sync_inventory)
+
+
+def test_the_receipt_task_marks_the_order(lamp: Product) -> None:
+    order = place_order(lamp, 2, "grace@example.com")
+    [outcome] = run_pending_tasks()
+    assert outcome.status == "completed"
+    assert outcome.result == "receipt sent to grace@example.com"
+    order.refresh_from_db()
+    assert order.receipt_sent_at is not None
+
+
+def test_no_receipt_for_an_order_that_rolled_back(lamp: Product, pq_capture: CapturedTasks) -> None:
+    with pytest.raises(RuntimeError), transaction.atomic():
+        place_order(lamp, 1, "ada@example.com")
+        raise RuntimeError("payment declined")
+    assert not Order.objects.exists()
+    pq_capture.assert_nothing_enqueued()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_inventory_sync_in_a_forked_child_like_the_worker(lamp: Product) -> None:
+    pq.enqueue(sync_inventory)
+    [outcome] = run_pending_tasks(isolation="fork")
+    assert (outcome.status, outcome.result) == ("completed", 1)
+    lamp.refresh_from_db()
+    assert lamp.stock == 20
