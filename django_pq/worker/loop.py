@@ -38,6 +38,7 @@ from django_pq.worker.child import LeaseClock
 from django_pq.worker.children import RunningChild, fork_child, judge
 from django_pq.worker.config import WorkerConfig
 from django_pq.worker.database import Database
+from django_pq.worker.faults import crash_point
 from django_pq.worker.firing import fire_due
 from django_pq.worker.sql import Claimed, Outcome
 
@@ -271,6 +272,8 @@ class WorkerLoop:
         if limit:
             claim_sql = sql.claim_statement(self.config)
             statements.append((claim_sql, sql.claim_params(self.config, self.id, limit)))
+        if batch:
+            crash_point("before_finish")
         try:
             results = self.db.run_in_transaction(statements)
         except psycopg.Error:
@@ -286,6 +289,8 @@ class WorkerLoop:
         if limit:
             self.should_claim = False
             self.next_poll = now + self.config.poll_interval
+            if results[-1]:
+                crash_point("after_claim")
             claimed = sorted((Claimed(*row) for row in results[-1]),
                              key=lambda task: (-task.priority, task.id))  # fmt: skip
             for task in claimed:
@@ -299,6 +304,7 @@ class WorkerLoop:
         child = fork_child(task, self.lease, max_runtime, self.config.max_memory_mb)
         self.children[child.pid] = child
         self.started_tasks += 1
+        crash_point("after_fork")
         logger.info(
             "Started task %s %s (attempt %d/%d) in pid %d",
             task.id,
@@ -327,6 +333,7 @@ class WorkerLoop:
             child.read_report()
             if not child.pipe_closed:
                 os.close(child.report_fd)
+            crash_point("after_child_exit")
             self._record(child, status, usage)
             self.should_claim = True
 
@@ -479,6 +486,7 @@ class WorkerLoop:
             )
             for task_id, token in lost
         ]
+        crash_point("in_reaper")
         logger.warning("Reaping %d tasks of lost workers: %s", len(lost),
                        ", ".join(str(task_id) for task_id, _ in lost))  # fmt: skip
         self.db.execute(sql.FINISH_STATEMENT, sql.finish_params(outcomes, self.config.channel))
