@@ -1,4 +1,5 @@
-"""The forked child: runs exactly one task, reports through a pipe, and always ``os._exit``s.
+"""The forked child: runs its task (or, reused, a few in turn), reports each through a pipe
+as one JSON line, and always ``os._exit``s.
 
 Nothing the task does (raise, ``sys.exit``, ``KeyboardInterrupt``, crash) can return control
 into the parent's loop, which this process is a copy of.
@@ -24,7 +25,7 @@ import time
 import traceback
 from typing import Any, NoReturn
 
-from django.db import connections
+from django.db import close_old_connections, connections
 
 from django_pq import signals
 from django_pq.codec import decode_payload, encode_value
@@ -208,22 +209,71 @@ def _describe(error: BaseException) -> str:
     return "".join(traceback.format_exception(error))
 
 
+def _write_line(fd: int, message: dict[str, Any]) -> None:
+    view = memoryview(json.dumps(message).encode() + b"\n")
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_task(task_fd: int) -> Claimed | None:
+    """The next task the parent hands over, or None when it closes the pipe."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        chunk = os.read(task_fd, 65536)
+        if not chunk:
+            return None
+        line += chunk
+    return Claimed(**json.loads(line))
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 1048576
+
+
 def run_child(
     claimed: Claimed,
     report_fd: int,
     parent_pid: int,
     lease: LeaseClock,
     max_memory_mb: float | None,
+    task_fd: int | None = None,
+    tasks_per_child: int = 1,
+    max_child_memory_mb: float | None = None,
 ) -> NoReturn:
-    """Entry point right after ``fork()``: run one task, write its report, exit."""
+    """Entry point right after ``fork()``: run tasks, write their reports, exit.
+
+    With ``tasks_per_child`` above 1 the child waits on ``task_fd`` for further tasks
+    after each report, and retires after that many, or early once its resident size
+    passes ``max_child_memory_mb``.
+    """
     code = 0
     try:
         _prepare_process(parent_pid, lease, max_memory_mb)
-        report = execute(claimed, max_memory_mb)
-        data = json.dumps(report).encode()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(report_fd, view) :]
+        task: Claimed | None = claimed
+        for done in range(1, tasks_per_child + 1):
+            assert task is not None
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            report = execute(task, max_memory_mb)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            report["cpu_seconds"] = (after.ru_utime + after.ru_stime) - (
+                before.ru_utime + before.ru_stime
+            )
+            report["peak_rss"] = after.ru_maxrss * 1024
+            # Decided before reporting, so the parent never hands a task to a leaving child.
+            # Past the memory limit it retires early: a fresh fork starts lean again.
+            report["retiring"] = (
+                done == tasks_per_child
+                or task_fd is None
+                or (max_child_memory_mb is not None and _resident_mb() > max_child_memory_mb)
+            )
+            _write_line(report_fd, report)
+            if report["retiring"]:
+                break
+            close_old_connections()  # as between requests: no broken state carried over
+            task = _read_task(task_fd)
+            if task is None:
+                break
     except BaseException:
         code = 70
         with contextlib.suppress(BaseException):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -22,9 +23,12 @@ PARENT_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGQUIT}
 
 @dataclass
 class RunningChild:
-    """One forked task and what the parent knows about it."""
+    """One forked child process and what the parent knows about it.
 
-    task: Claimed
+    ``task`` is the task it is running, or None while a reused child waits for the next.
+    """
+
+    task: Claimed | None
     pid: int
     report_fd: int
     started: float
@@ -34,6 +38,13 @@ class RunningChild:
     stop_message: str = ""
     kill_at: float | None = None  # when SIGTERM turns into SIGKILL
     pipe_closed: bool = False
+    task_fd: int | None = None  # where a reused child reads its next task
+    tasks_done: int = 0
+
+    @property
+    def is_idle(self) -> bool:
+        """A reused child waiting for a task, fit to take one."""
+        return self.task is None and self.task_fd is not None and not self.stop_reason
 
     def stop(self, reason: str, message: str, grace: float) -> None:
         """SIGTERM the child's process group now, SIGKILL it after ``grace`` seconds."""
@@ -65,6 +76,33 @@ class RunningChild:
                 return
             self.report += chunk
 
+    def take_report(self) -> dict[str, Any] | None:
+        """The next complete report (one JSON line) the child wrote, if any."""
+        end = self.report.find(b"\n")
+        if end < 0:
+            return None
+        line, self.report = bytes(self.report[:end]), self.report[end + 1 :]
+        return _parse(bytearray(line)) or {"status": "failed", "error": "Unreadable report."}
+
+    def assign(self, task: Claimed, max_runtime: float | None) -> bool:
+        """Hand a reused child its next task. False if the child is gone."""
+        assert self.task_fd is not None
+        try:
+            os.write(self.task_fd, json.dumps(dataclasses.asdict(task)).encode() + b"\n")
+        except OSError:
+            self.release()
+            return False
+        self.task, self.started = task, time.monotonic()
+        self.deadline = None if max_runtime is None else self.started + max_runtime
+        return True
+
+    def release(self) -> None:
+        """Tell a reused child no more tasks come: it exits after its current one."""
+        if self.task_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.task_fd)
+            self.task_fd = None
+
     def rss_bytes(self) -> int | None:
         try:
             with open(f"/proc/{self.pid}/statm") as statm:
@@ -84,27 +122,53 @@ def _signal_group(pid: int, signum: int) -> None:
 
 
 def fork_child(
-    task: Claimed, lease: LeaseClock, max_runtime: float | None, max_memory_mb: float | None
+    task: Claimed,
+    lease: LeaseClock,
+    max_runtime: float | None,
+    max_memory_mb: float | None,
+    tasks_per_child: int = 1,
+    max_child_memory_mb: float | None = None,
 ) -> RunningChild:
-    """Fork a child running ``task``; returns its record in the parent."""
+    """Fork a child running ``task`` (and, reused, later ones); returns its record."""
     read_fd, write_fd = os.pipe()
+    task_read, task_write = os.pipe() if tasks_per_child > 1 else (None, None)
     parent_pid = os.getpid()
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, PARENT_SIGNALS)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
             os.close(read_fd)
-            run_child(task, write_fd, parent_pid, lease, max_memory_mb)
+            if task_write is not None:
+                os.close(task_write)
+            run_child(
+                task,
+                write_fd,
+                parent_pid,
+                lease,
+                max_memory_mb,
+                task_read,
+                tasks_per_child,
+                max_child_memory_mb,
+            )
         # Also set from the parent, so killpg works even before the child gets to it.
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     os.close(write_fd)
+    if task_read is not None:
+        os.close(task_read)
     os.set_blocking(read_fd, False)
     started = time.monotonic()
     deadline = None if max_runtime is None else started + max_runtime
-    return RunningChild(task=task, pid=pid, report_fd=read_fd, started=started, deadline=deadline)
+    return RunningChild(
+        task=task,
+        pid=pid,
+        report_fd=read_fd,
+        started=started,
+        deadline=deadline,
+        task_fd=task_write,
+    )
 
 
 def _signal_name(signum: int) -> str:
@@ -117,9 +181,27 @@ def _signal_name(signum: int) -> str:
 def judge(
     child: RunningChild, status: int, usage: Any, error_max_length: int, retry_delay: float
 ) -> Outcome:
-    """Turn a child's exit status, report and the parent's own actions into an Outcome."""
-    peak_rss = int(usage.ru_maxrss) * 1024 if usage is not None else None
-    cpu = float(usage.ru_utime + usage.ru_stime) if usage is not None else None
+    """How a child's current task ended, from what it reported (if anything) and how the
+    process ended (``status`` and ``usage`` from ``wait4``)."""
+    return verdict(child, _parse(child.report), status, usage, error_max_length, retry_delay)
+
+
+def verdict(
+    child: RunningChild,
+    report: dict[str, Any] | None,
+    status: int | None,
+    usage: Any,
+    error_max_length: int,
+    retry_delay: float,
+) -> Outcome:
+    """Turn a report, an exit status and the parent's own actions into an Outcome."""
+    assert child.task is not None
+    if report is not None and "cpu_seconds" in report:
+        peak_rss, cpu = report.get("peak_rss"), report.get("cpu_seconds")
+    elif usage is not None:
+        peak_rss, cpu = int(usage.ru_maxrss) * 1024, float(usage.ru_utime + usage.ru_stime)
+    else:
+        peak_rss, cpu = None, None
     common: dict[str, Any] = {
         "task_id": child.task.id,
         "run_token": child.task.run_token,
@@ -127,7 +209,6 @@ def judge(
         "cpu_seconds": cpu,
         "retry_delay": retry_delay,
     }
-    report = _parse(child.report)
     if child.stop_reason == "cancelled" and not (report and report.get("status") == "completed"):
         return Outcome(
             status="cancelled", error_code="cancelled", error=child.stop_message, **common
@@ -147,6 +228,7 @@ def judge(
                 _bounded(f"{child.stop_message}\n{error}", error_max_length),
             )
         return Outcome(status="failed", error_code=code, error=error, **common)
+    status = 0 if status is None else status
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         message = f"The task's process was killed by {_signal_name(signum)}."

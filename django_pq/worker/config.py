@@ -48,6 +48,8 @@ class WorkerConfig:
     poll_interval: float = 5.0
     burst: bool = False
     max_tasks: int | None = None
+    tasks_per_child: int = 1
+    max_child_memory_mb: float | None = None
     listen: bool = True
     lease: float = 30.0
     heartbeat_interval: float = 10.0
@@ -67,6 +69,8 @@ class WorkerConfig:
         _positive("--poll-interval", self.poll_interval)
         if self.max_tasks is not None:
             _at_least("--max-tasks", self.max_tasks, 1)
+        _at_least("--tasks-per-child", self.tasks_per_child, 1)
+        _positive("--max-child-memory", self.max_child_memory_mb, optional=True)
         _positive("PQ_LEASE", self.lease)
         _positive("PQ_HEARTBEAT_INTERVAL", self.heartbeat_interval)
         if self.heartbeat_interval * 2 > self.lease:

@@ -35,7 +35,7 @@ from django_pq.conf import pq_settings
 from django_pq.task_paths import preload_task_modules
 from django_pq.worker import sql
 from django_pq.worker.child import LeaseClock
-from django_pq.worker.children import RunningChild, fork_child, judge
+from django_pq.worker.children import RunningChild, fork_child, verdict
 from django_pq.worker.config import WorkerConfig
 from django_pq.worker.database import Database
 from django_pq.worker.faults import crash_point
@@ -123,7 +123,7 @@ class WorkerLoop:
 
     def _cancel(self, task_id: int) -> None:
         for child in self.children.values():
-            if child.task.id == task_id:
+            if child.task is not None and child.task.id == task_id:
                 logger.info("Cancelling running task %s", task_id, extra={"task_id": task_id})
                 child.stop("cancelled", "Cancelled while running.", self.config.kill_grace)
 
@@ -158,6 +158,7 @@ class WorkerLoop:
         self._enforce_limits(now)
         if self.signals_received:
             self._shut_down(now)
+            self._release_idle_children()
             if not self.children:
                 return False
         if self.db.connect() and not self.registered:
@@ -168,10 +169,20 @@ class WorkerLoop:
                 self._prune_if_due(now)
                 self._fire_if_due(now)
             self._write_and_claim(now)
-        if not self.children and not self.signals_received and self._is_done():
-            return False
+        if not self._busy() and not self.signals_received and self._is_done():
+            self._release_idle_children()
+            if not self.children:
+                return False
         self._wait(self._timeout(time.monotonic()))
         return True
+
+    def _busy(self) -> list[RunningChild]:
+        return [child for child in self.children.values() if child.task is not None]
+
+    def _release_idle_children(self) -> None:
+        for child in self.children.values():
+            if child.task is None:
+                child.release()
 
     def _is_done(self) -> bool:
         if self.config.max_tasks is not None and self.started_tasks >= self.config.max_tasks:
@@ -231,12 +242,12 @@ class WorkerLoop:
             self.drain_deadline = now + self.config.drain_timeout
             logger.info(
                 "Stopping: no new tasks; draining %d running for up to %ss",
-                len(self.children),
+                len(self._busy()),
                 self.config.drain_timeout,
             )
         if self.signals_received >= 2 or now >= self.drain_deadline:
             grace = 0.0 if self.signals_received >= 2 else self.config.kill_grace
-            for child in self.children.values():
+            for child in self._busy():
                 if not child.stop_reason:
                     self.killed_at_shutdown = True
                     child.stop(
@@ -255,7 +266,7 @@ class WorkerLoop:
         due = self.should_claim or (not self.config.listen and now >= self.next_poll)
         if self.next_run_at is not None and now >= self.next_run_at:
             due, self.next_run_at = True, None
-        free = self.config.concurrency - len(self.children)
+        free = self.config.concurrency - len(self._busy())
         if self.config.max_tasks is not None:
             free = min(free, self.config.max_tasks - self.started_tasks)
         return free if due and free > 0 else 0
@@ -291,8 +302,9 @@ class WorkerLoop:
             self.next_poll = now + self.config.poll_interval
             if results[-1]:
                 crash_point("after_claim")
-            claimed = sorted((Claimed(*row) for row in results[-1]),
-                             key=lambda task: (-task.priority, task.id))  # fmt: skip
+            claimed = sorted(
+                (Claimed(*row) for row in results[-1]), key=lambda task: (-task.priority, task.id)
+            )
             for task in claimed:
                 self._start(task)
             self.claim_came_back_short = len(claimed) < limit
@@ -301,8 +313,18 @@ class WorkerLoop:
 
     def _start(self, task: Claimed) -> None:
         max_runtime = task.max_runtime or self.config.max_runtime
-        child = fork_child(task, self.lease, max_runtime, self.config.max_memory_mb)
-        self.children[child.pid] = child
+        idle = next((child for child in self.children.values() if child.is_idle), None)
+        if idle is None or not idle.assign(task, max_runtime):
+            idle = fork_child(
+                task,
+                self.lease,
+                max_runtime,
+                self.config.max_memory_mb,
+                self.config.tasks_per_child,
+                self.config.max_child_memory_mb,
+            )
+            self.children[idle.pid] = idle
+        child = idle
         self.started_tasks += 1
         crash_point("after_fork")
         logger.info(
@@ -320,6 +342,13 @@ class WorkerLoop:
     def _collect_children(self) -> None:
         for running in self.children.values():
             running.read_report()
+            while running.task is not None and (report := running.take_report()) is not None:
+                self._record(running, report, None, None)
+                running.task, running.deadline = None, None
+                running.tasks_done += 1
+                if report.get("retiring", True):
+                    running.release()
+                self.should_claim = True
         while self.children:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
@@ -333,13 +362,18 @@ class WorkerLoop:
             child.read_report()
             if not child.pipe_closed:
                 os.close(child.report_fd)
+            child.release()
             crash_point("after_child_exit")
-            self._record(child, status, usage)
+            if child.task is not None:
+                self._record(child, child.take_report(), status, usage)
             self.should_claim = True
 
-    def _record(self, child: RunningChild, status: int, usage: Any) -> None:
+    def _record(
+        self, child: RunningChild, report: dict[str, Any] | None, status: int | None, usage: Any
+    ) -> None:
+        assert child.task is not None
         delay = self._retry_delay(child.task.attempts)
-        outcome = judge(child, status, usage, self.config.error_max_length, delay)
+        outcome = verdict(child, report, status, usage, self.config.error_max_length, delay)
         duration = time.monotonic() - child.started
         extra = _task_extra(
             child.task,
@@ -373,7 +407,7 @@ class WorkerLoop:
         lease_lapsing = now >= self.lease_deadline
         for child in self.children.values():
             child.escalate(now)
-            if child.stop_reason:
+            if child.stop_reason or child.task is None:
                 continue
             if lease_lapsing:
                 child.stop(
@@ -432,7 +466,7 @@ class WorkerLoop:
                 "and registering again",
                 self.id,
             )
-            for child in self.children.values():
+            for child in self._busy():
                 child.stop("worker_lost", "The worker lost its lease while running the task.", 0)
             self.registered = False
         for task_id in cancel_ids or []:
@@ -487,8 +521,11 @@ class WorkerLoop:
             for task_id, token in lost
         ]
         crash_point("in_reaper")
-        logger.warning("Reaping %d tasks of lost workers: %s", len(lost),
-                       ", ".join(str(task_id) for task_id, _ in lost))  # fmt: skip
+        logger.warning(
+            "Reaping %d tasks of lost workers: %s",
+            len(lost),
+            ", ".join(str(task_id) for task_id, _ in lost),
+        )
         self.db.execute(sql.FINISH_STATEMENT, sql.finish_params(outcomes, self.config.channel))
 
     def _fire_if_due(self, now: float) -> None:
@@ -525,7 +562,8 @@ class WorkerLoop:
     # -- waiting -----------------------------------------------------------------------
 
     def _timeout(self, now: float) -> float:
-        if self.should_claim and len(self.children) < self.config.concurrency:
+        busy = self._busy()
+        if self.should_claim and len(busy) < self.config.concurrency:
             return 0.0
         moments = [self.next_heartbeat, self.next_fire]
         if not self.config.listen:
@@ -534,7 +572,7 @@ class WorkerLoop:
             moments.append(self.next_run_at)
         if self.drain_deadline is not None:
             moments.append(self.drain_deadline)
-        if self.children:
+        if busy:
             moments.append(self.lease_deadline)
             if self.config.max_memory_mb is not None:
                 moments.append(self.next_memory_check)

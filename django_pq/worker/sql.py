@@ -163,8 +163,17 @@ FINISH_STATEMENT = notifying(_FINISH, "t.id, t.status, t.run_at, t.queue")
 
 
 def finish_params(outcomes: list[Outcome], channel: str) -> list[Any]:
-    columns = ("task_id", "run_token", "status", "error_code", "error", "result", "peak_rss",
-               "cpu_seconds", "retry_delay")  # fmt: skip
+    columns = (
+        "task_id",
+        "run_token",
+        "status",
+        "error_code",
+        "error",
+        "result",
+        "peak_rss",
+        "cpu_seconds",
+        "retry_delay",
+    )
     return [*column_arrays(outcomes, columns), [str(code) for code in RETRYABLE], channel]
 
 

@@ -136,3 +136,86 @@ def make_closure() -> object:
         return None
 
     return inner
+
+
+# -- the fault suite (tests/faults) ------------------------------------------------------
+
+_current_run: object = None
+
+
+def _remember_run(sender: object, task: object, **kwargs: object) -> None:
+    """Keep the run this child executes, so ``ledger`` knows its task id."""
+    global _current_run
+    _current_run = task
+
+
+from django_pq.signals import task_started  # noqa: E402
+
+task_started.connect(_remember_run, dispatch_uid="tests.testapp.tasks._remember_run")
+
+
+def _ledger_write(event: str, key: str) -> None:
+    from django.db import connection
+
+    from tests.testapp.models import FaultLedger
+
+    task_id = getattr(_current_run, "id", None)
+    table = FaultLedger._meta.db_table
+    with connection.cursor() as cursor:
+        # The token is read from the row as it is now: the claim's, unless it was reaped.
+        cursor.execute(
+            f"INSERT INTO {table} (task_id, run_token, attempt, event, pid, key, at) "
+            "SELECT %s, t.run_token, t.attempts, %s, %s, %s, clock_timestamp() "
+            "FROM (SELECT 1) AS one LEFT JOIN pq_tasks t ON t.id = %s AND t.status = 'running'",
+            [task_id, event, os.getpid(), key, task_id],
+        )
+
+
+def ledger(seconds: float = 0.0, key: str = "") -> str:
+    """A task that records its start and end in the fault ledger, sleeping in between."""
+    _ledger_write("start", key)
+    if seconds:
+        time.sleep(seconds)
+    _ledger_write("end", key)
+    return key
+
+
+def error_with_nul_bytes() -> None:
+    raise ValueError("before\x00after\x00" * 3)
+
+
+def ten_megabytes_of_error() -> None:
+    raise ValueError("e" * (10 * 1024 * 1024))
+
+
+def print_to_stdout(megabytes: int) -> int:
+    line = "o" * 1023 + "\n"
+    for _ in range(megabytes * 1024):
+        sys.stdout.write(line)
+    sys.stdout.flush()
+    return megabytes
+
+
+def leave_grandchild(marker: str, seconds: float = 0.0) -> int:
+    """Start a grandchild in the task's process group, then return (or run on)."""
+    import subprocess
+
+    grandchild = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)", marker],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    Path(marker).write_text(str(grandchild.pid))
+    if seconds:
+        time.sleep(seconds)
+    return grandchild.pid
+
+
+_LEAKED: list[bytes] = []
+
+
+def leak(megabytes: int) -> int:
+    """Keep memory after returning, as a leaky task would (matters for reused children)."""
+    _LEAKED.append(b"x" * (megabytes * 1024 * 1024))
+    return os.getpid()

@@ -97,6 +97,23 @@ class Command(BaseCommand):
             metavar="N",
             help="Exit 0 after starting N tasks (default: no limit).",
         )
+        parser.add_argument(
+            "--tasks-per-child",
+            type=int,
+            default=1,
+            metavar="N",
+            help="Run up to N tasks in turn in one forked child before replacing it "
+            "(default: %(default)s, a fresh fork per task). Timeouts, crashes and memory "
+            "limits still stop only that child.",
+        )
+        parser.add_argument(
+            "--max-child-memory",
+            type=float,
+            dest="max_child_memory_mb",
+            metavar="MB",
+            help="With --tasks-per-child, replace a child early once its resident size "
+            "passes this after a task (default: no limit).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options["verbosity"])
@@ -116,6 +133,8 @@ class Command(BaseCommand):
                 listen=options["listen"],
                 burst=options["burst"] or None,
                 max_tasks=options["max_tasks"],
+                tasks_per_child=options["tasks_per_child"],
+                max_child_memory_mb=options["max_child_memory_mb"],
             )
         except ConfigError as error:
             raise CommandError(str(error), returncode=ExitCode.USAGE) from None
