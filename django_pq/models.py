@@ -156,6 +156,11 @@ class Task(models.Model):
     class Meta:
         db_table = "pq_tasks"
         ordering = ["-id"]
+        permissions = [
+            ("retry_task", "Can retry failed or cancelled tasks"),
+            ("cancel_task", "Can cancel pending or running tasks"),
+            ("run_task_now", "Can run scheduled tasks now"),
+        ]
         constraints = [
             _priority_check("pq_tasks_priority_range"),
             _choices_check("status", Status, "pq_tasks_status_valid"),
@@ -195,6 +200,12 @@ class Task(models.Model):
                 condition=Q(status__in=["completed", "failed", "cancelled"]),
             ),
             models.Index(fields=["name", "-id"], name="pq_tasks_name"),
+            # The admin's failed/cancelled views, newest first, without reading all history.
+            models.Index(
+                fields=["-id"],
+                name="pq_tasks_failed",
+                condition=Q(status__in=["failed", "cancelled"]),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -269,6 +280,10 @@ class Periodic(models.Model):
         db_table = "pq_periodic"
         ordering = ["name", "key"]
         verbose_name = "periodic schedule"
+        permissions = [
+            ("pause_periodic", "Can pause and resume periodic schedules"),
+            ("run_periodic_now", "Can run periodic schedules now"),
+        ]
         constraints = [
             _priority_check("pq_periodic_priority_range"),
             models.CheckConstraint(

@@ -222,8 +222,8 @@ def _db_now(using: str) -> dt.datetime:
     return now
 
 
-def _notify_schedules(using: str) -> None:
-    # Workers keep a timer for the next due schedule; tell them it may have moved.
+def notify_schedules_changed(using: str) -> None:
+    """Tell workers a schedule changed: they keep a timer for the next due one."""
     with connections[using].cursor() as cursor:
         cursor.execute("SELECT pg_notify(%s, 's:')", [pq_settings.NOTIFY_CHANNEL])
 
@@ -369,7 +369,7 @@ def _upsert(
                 changed.append("next_run")
             periodic.updated_at = now
             periodic.save(using=using, update_fields=[*changed, "updated_at"])
-        _notify_schedules(using)
+        notify_schedules_changed(using)
     return periodic
 
 
@@ -418,7 +418,7 @@ def set_active(periodic: Periodic, active: bool) -> None:
             fields.append("next_run")
         periodic.updated_at = now
         periodic.save(using=using, update_fields=fields)
-        _notify_schedules(using)
+        notify_schedules_changed(using)
 
 
 def run_now(periodic: Periodic) -> Task | None:

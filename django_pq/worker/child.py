@@ -268,7 +268,7 @@ def run_child(
                 or (max_child_memory_mb is not None and _resident_mb() > max_child_memory_mb)
             )
             _write_line(report_fd, report)
-            if report["retiring"]:
+            if report["retiring"] or task_fd is None:
                 break
             close_old_connections()  # as between requests: no broken state carried over
             task = _read_task(task_fd)

@@ -250,3 +250,23 @@ def test_bad_flags_fail_fast_with_a_clear_message(flags, message):
     )
     assert result.returncode == ExitCode.USAGE
     assert message in result.stderr
+
+
+def test_old_finished_tasks_are_pruned_and_the_rest_kept(start_worker):
+    import datetime as dt
+
+    from django.utils import timezone
+    from model_bakery import baker
+
+    long_ago = timezone.now() - dt.timedelta(days=30)
+    old = baker.make(Task, name="x:y", status="completed", finished_at=long_ago, _quantity=1200)
+    recent = baker.make(Task, name="x:y", status="failed", finished_at=timezone.now())
+    waiting = pq.enqueue(tasks.add, 1, 1, run_at=dt.timedelta(days=1))
+    worker = start_worker(settings={"PQ_RETENTION": 7 * 24 * 3600})
+    wait_until(
+        lambda: not Task.objects.filter(pk__in=[t.pk for t in old]).exists(),
+        30,
+        "old finished tasks to be pruned",
+    )
+    assert Task.objects.filter(pk__in=[recent.pk, waiting.pk]).count() == 2
+    assert worker.process.poll() is None

@@ -1,0 +1,301 @@
+"""The schedule pages: a changelist that reads like a timetable, the form, and the actions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.contrib import admin
+from django.db import connections
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from django_pq.admin import display
+from django_pq.admin.bases import PeriodicModelAdmin
+from django_pq.admin.liveness import with_worker_banner
+from django_pq.admin.periodic_actions import pause_schedules, resume_schedules, run_schedules_now
+from django_pq.admin.periodic_form import CRON, PeriodicForm, interval_from
+from django_pq.admin.permissions import PAUSE_PERIODIC, RUN_PERIODIC_NOW, has_pq_perm
+from django_pq.conf import pq_settings
+from django_pq.exceptions import InvalidSchedule
+from django_pq.models import Periodic, Status, Task
+
+#: Run times shown in the preview.
+PREVIEW_COUNT = 5
+
+
+def upcoming_runs(
+    *, run_every: dt.timedelta | None, cron: str | None, tz: str, count: int = PREVIEW_COUNT
+) -> list[dt.datetime]:
+    """The next ``count`` run times of a timing saved now, in its time zone."""
+    from django_pq.schedules import next_runs
+
+    return next_runs(run_every=run_every, cron=cron, timezone=tz, after=timezone.now(), count=count)
+
+
+def scheduled_runs(periodic: Periodic, count: int = PREVIEW_COUNT) -> list[dt.datetime]:
+    """A saved schedule's next ``count`` runs: its ``next_run`` and the slots after it."""
+    from django_pq.schedules import next_runs
+
+    zone = ZoneInfo(periodic.timezone)
+    later = next_runs(
+        run_every=periodic.run_every,
+        cron=periodic.cron,
+        timezone=periodic.timezone,
+        after=periodic.next_run,
+        count=count - 1,
+    )
+    return [periodic.next_run.astimezone(zone), *later]
+
+
+def _when(moment: dt.datetime) -> str:
+    return f"{moment:%a %Y-%m-%d %H:%M %Z}"
+
+
+def _database_now() -> dt.datetime:
+    with connections[pq_settings.DATABASE].cursor() as cursor:
+        cursor.execute("SELECT now()")
+        now: dt.datetime = cursor.fetchone()[0]
+    return now
+
+
+@admin.register(Periodic)
+class PeriodicAdmin(PeriodicModelAdmin):
+    """Schedules made in the admin are edited here; declared ones (from code) are read-only."""
+
+    form = PeriodicForm
+    list_display = [
+        "__str__",
+        "schedule",
+        "active",
+        "next_run",
+        "last_run_status",
+        "skipped_runs",
+        "queue",
+        "runs_link",
+    ]
+    list_filter = ["active", "is_declared", "queue"]
+    search_fields = ["name", "key"]
+    actions = [pause_schedules, resume_schedules, run_schedules_now]
+    change_list_template = "admin/django_pq/periodic/change_list.html"
+    change_form_template = "admin/django_pq/periodic/change_form.html"
+    readonly_fields = [
+        "schedule",
+        "next_run",
+        "last_run_status",
+        "skipped_runs",
+        "runs_link",
+        "upcoming",
+        "is_declared",
+    ]
+    fieldsets = [
+        ("Task", {"fields": ["task", "key", "args", "kwargs"]}),
+        (
+            "When",
+            {"fields": ["timing", ("every", "unit"), "cron", "timezone", "active"]},
+        ),
+        (
+            "Options",
+            {
+                "fields": [
+                    "priority",
+                    "queue",
+                    "max_concurrent",
+                    "max_runtime",
+                    "max_attempts",
+                    "client_id",
+                ]
+            },
+        ),
+    ]
+    status_fieldset = (
+        "Status",
+        {
+            "fields": [
+                "schedule",
+                "upcoming",
+                "next_run",
+                "last_run_status",
+                "skipped_runs",
+                "runs_link",
+                "is_declared",
+            ]
+        },
+    )
+
+    class Media:
+        css = {"all": ["django_pq/admin.css"]}
+        js = ["django_pq/periodic_preview.js"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Periodic]:
+        # The latest run, through the (periodic, slot) unique index read backwards.
+        latest = Task.objects.filter(periodic=OuterRef("pk")).order_by("-slot")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                latest_run_id=Subquery(latest.values("id")[:1]),
+                latest_run_status=Subquery(latest.values("status")[:1]),
+            )
+        )
+
+    def get_fieldsets(self, request: HttpRequest, obj: Periodic | None = None) -> Any:
+        if obj is None:
+            return self.fieldsets
+        if not self.has_change_permission(request, obj):
+            return [
+                self.status_fieldset,
+                (
+                    "Definition",
+                    {
+                        "fields": [
+                            "name",
+                            "key",
+                            "payload",
+                            "run_every",
+                            "cron",
+                            "timezone",
+                            "active",
+                            "priority",
+                            "queue",
+                            "max_concurrent",
+                            "max_runtime",
+                            "max_attempts",
+                            "client_id",
+                        ]
+                    },
+                ),
+            ]
+        title, options = self.status_fieldset
+        # The editable form has its own live preview of the next runs.
+        fields = [field for field in options["fields"] if field != "upcoming"]
+        return [*self.fieldsets, (title, {**options, "fields": fields})]
+
+    # -- permissions ---------------------------------------------------------------------
+
+    def has_change_permission(self, request: HttpRequest, obj: Periodic | None = None) -> bool:
+        # Declared schedules are rewritten from code on every deploy: edit them there.
+        if obj is not None and obj.is_declared:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Periodic | None = None) -> bool:
+        if obj is not None and obj.is_declared:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def has_pause_permission(self, request: HttpRequest) -> bool:
+        return has_pq_perm(request, PAUSE_PERIODIC)
+
+    def has_run_now_permission(self, request: HttpRequest) -> bool:
+        return has_pq_perm(request, RUN_PERIODIC_NOW)
+
+    # -- columns and fields --------------------------------------------------------------
+
+    @admin.display(description="schedule")
+    def schedule(self, periodic: Periodic) -> str:
+        from django_pq.schedules import describe
+
+        return describe(periodic)
+
+    @admin.display(description="last run", ordering="last_run")
+    def last_run_status(self, periodic: Periodic) -> SafeString | str:
+        status = getattr(periodic, "latest_run_status", None)
+        run_id = getattr(periodic, "latest_run_id", None)
+        if periodic.last_run is None and run_id is None:
+            return "never"
+        when = periodic.last_run.strftime("%Y-%m-%d %H:%M:%S %Z") if periodic.last_run else ""
+        if run_id is None or status is None:
+            return when
+        url = reverse("admin:django_pq_task_change", args=[run_id])
+        return format_html(
+            '{} <a href="{}">{}</a>',
+            when,
+            url,
+            display.status_badge(status, str(Status(status).label)),
+        )
+
+    @admin.display(description="runs")
+    def runs_link(self, periodic: Periodic) -> SafeString:
+        url = reverse("admin:django_pq_task_changelist")
+        return format_html('<a href="{}?periodic={}">runs</a>', url, periodic.pk)
+
+    @admin.display(description="next five runs")
+    def upcoming(self, periodic: Periodic) -> SafeString | str:
+        if not periodic.active:
+            return "paused"
+        try:
+            runs = scheduled_runs(periodic)
+        except (InvalidSchedule, ValueError) as error:
+            return str(error)
+        return format_html(
+            '<ul class="pq-preview">{}</ul>',
+            format_html_join("", "<li>{}</li>", ((_when(run),) for run in runs)),
+        )
+
+    # -- saving --------------------------------------------------------------------------
+
+    def save_model(self, request: HttpRequest, obj: Periodic, form: Any, change: bool) -> None:
+        """Save, moving ``next_run`` when the timing changed, and wake the workers' timers."""
+        from django_pq.schedules import next_slot, notify_schedules_changed
+
+        now = _database_now()
+        if form.is_retimed and obj.active:
+            obj.next_run = next_slot(
+                run_every=obj.run_every, cron=obj.cron, timezone=obj.timezone, after=now
+            )
+        obj.updated_at = now
+        super().save_model(request, obj, form, change)
+        notify_schedules_changed(pq_settings.DATABASE)
+
+    # -- pages ---------------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        preview = path(
+            "preview/",
+            self.admin_site.admin_view(self.preview_view),
+            name="django_pq_periodic_preview",
+        )
+        return [preview, *super().get_urls()]
+
+    def preview_view(self, request: HttpRequest) -> JsonResponse:
+        """The next five run times for the timing in the query string (reads nothing)."""
+        if not self.has_view_permission(request):
+            return JsonResponse({"error": "permission denied"}, status=403)
+        from django_pq.schedules import validate_cron, validate_timezone
+
+        data = request.GET
+        try:
+            tz = validate_timezone(data.get("timezone") or "UTC")
+            if data.get("timing") == CRON:
+                run_every, cron = None, validate_cron(data.get("cron") or "")
+            else:
+                run_every, cron = interval_from(data.get("every"), data.get("unit")), None
+            runs = upcoming_runs(run_every=run_every, cron=cron, tz=tz)
+        except InvalidSchedule as error:
+            return JsonResponse({"error": str(error)})
+        return JsonResponse({"runs": [_when(run) for run in runs]})
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        return super().changelist_view(request, with_worker_banner(extra_context))
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        context = with_worker_banner(extra_context)
+        context["pq_preview_url"] = reverse("admin:django_pq_periodic_preview")
+        periodic = self.get_object(request, object_id) if object_id else None
+        if periodic is not None and periodic.active:
+            context["pq_preview_runs"] = [_when(run) for run in scheduled_runs(periodic)]
+        return super().changeform_view(request, object_id, form_url, context)

@@ -1,0 +1,65 @@
+"""The schedule changelist's actions: pause, resume, run now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from django_pq.models import Periodic
+
+
+def _schedules(count: int) -> str:
+    return f"{count} schedule{'' if count == 1 else 's'}"
+
+
+@admin.action(description="Pause selected schedules", permissions=["pause"])
+def pause_schedules(
+    modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Periodic]
+) -> None:
+    """Stop the active ones firing; their rows, history and runs stay."""
+    selected = list(queryset)
+    active = [periodic for periodic in selected if periodic.active]
+    for periodic in active:
+        periodic.pause()
+    text = f"Paused {_schedules(len(active))}"
+    if len(selected) > len(active):
+        text += f"; {_schedules(len(selected) - len(active))} already paused"
+    modeladmin.message_user(request, f"{text}.", messages.SUCCESS if active else messages.WARNING)
+
+
+@admin.action(description="Resume selected schedules", permissions=["pause"])
+def resume_schedules(
+    modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Periodic]
+) -> None:
+    """Let the paused ones fire again from their next slot after now."""
+    selected = list(queryset)
+    paused = [periodic for periodic in selected if not periodic.active]
+    for periodic in paused:
+        periodic.resume()
+    text = f"Resumed {_schedules(len(paused))}"
+    if len(selected) > len(paused):
+        text += f"; {_schedules(len(selected) - len(paused))} already active"
+    modeladmin.message_user(request, f"{text}.", messages.SUCCESS if paused else messages.WARNING)
+
+
+@admin.action(description="Run selected schedules now", permissions=["run_now"])
+def run_schedules_now(
+    modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Periodic]
+) -> None:
+    """Fire one run of each now, leaving ``next_run`` alone and respecting max_concurrent."""
+    fired = skipped = 0
+    for periodic in queryset:
+        if periodic.run_now() is None:
+            skipped += 1
+        else:
+            fired += 1
+    text = f"Started {fired} run{'' if fired == 1 else 's'}"
+    if skipped:
+        text += (
+            f"; {_schedules(skipped)} skipped because max_concurrent runs are still "
+            "pending or running"
+        )
+    modeladmin.message_user(request, f"{text}.", messages.SUCCESS if fired else messages.WARNING)

@@ -1,0 +1,104 @@
+"""The task changelist's actions: retry, cancel, run now, delete finished.
+
+Each action is gated by its own permission (see ``permissions.py``), touches only the
+selected tasks in the states it applies to, goes through the enqueue API (or one
+statement that NOTIFYs like it) so workers hear of the change, and reports counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db import connections
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from django_pq.conf import pq_settings
+from django_pq.enqueueing import cancel, retry
+from django_pq.models import FINISHED_STATUSES, Status, Task
+from django_pq.notify import notifying
+
+
+def _tasks(count: int) -> str:
+    return f"{count} task{'' if count == 1 else 's'}"
+
+
+def _report(
+    modeladmin: admin.ModelAdmin[Any], request: HttpRequest, done: str, skipped: int, why: str
+) -> None:
+    """One message saying what was done and, separately, what was left alone and why."""
+    level = messages.SUCCESS if done else messages.WARNING
+    text = done or "Nothing to do"
+    if skipped:
+        text = f"{text}; {_tasks(skipped)} left alone ({why})"
+    modeladmin.message_user(request, f"{text}.", level)
+
+
+@admin.action(description="Retry selected failed or cancelled tasks", permissions=["retry"])
+def retry_tasks(
+    modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Task]
+) -> None:
+    """failed/cancelled → pending, to run now; the last error stays until the new run ends."""
+    selected = list(queryset.values_list("pk", "status"))
+    eligible = [pk for pk, status in selected if status in (Status.FAILED, Status.CANCELLED)]
+    retried = sum(retry(pk) for pk in eligible)
+    done = f"Retried {_tasks(retried)}" if retried else ""
+    _report(modeladmin, request, done, len(selected) - retried, "not failed or cancelled")
+
+
+@admin.action(description="Cancel selected pending or running tasks", permissions=["cancel"])
+def cancel_tasks(
+    modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Task]
+) -> None:
+    """pending → cancelled at once; running → marked, and its worker stops it."""
+    selected = list(queryset.values_list("pk", "status"))
+    cancelled = stopping = 0
+    for pk, status in selected:
+        if status in (Status.PENDING, Status.RUNNING) and cancel(pk):
+            if status == Status.PENDING:
+                cancelled += 1
+            else:
+                stopping += 1
+    parts = []
+    if cancelled:
+        parts.append(f"Cancelled {_tasks(cancelled)}")
+    if stopping:
+        parts.append(f"asked workers to stop {_tasks(stopping)} running")
+    done = "; ".join(parts)
+    if done:
+        done = done[0].upper() + done[1:]
+    _report(modeladmin, request, done, len(selected) - cancelled - stopping, "already finished")
+
+
+# One statement: move run_at to now for the selected future tasks, and NOTIFY their queues
+# in the same statement, exactly as enqueue does, so idle workers claim them at once.
+_RUN_NOW = notifying(
+    "UPDATE pq_tasks AS t SET run_at = now() "
+    "WHERE t.id = ANY(%s) AND t.status = 'pending' AND t.run_at > now()",
+    "t.id, t.status, t.run_at, t.queue",
+)
+
+
+@admin.action(description="Run selected scheduled tasks now", permissions=["run_now"])
+def run_tasks_now(
+    modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Task]
+) -> None:
+    """pending with a future ``run_at`` → ``run_at`` = now."""
+    selected = list(queryset.values_list("pk", flat=True))
+    with connections[pq_settings.DATABASE].cursor() as cursor:
+        cursor.execute(_RUN_NOW, [selected, pq_settings.NOTIFY_CHANNEL])
+        moved = len(cursor.fetchall())
+    done = f"Moved {_tasks(moved)} to run now" if moved else ""
+    _report(modeladmin, request, done, len(selected) - moved, "not pending with a future run time")
+
+
+@admin.action(description="Delete selected finished tasks", permissions=["delete"])
+def delete_finished_tasks(
+    modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Task]
+) -> None:
+    """Delete completed, failed and cancelled tasks; pending and running ones stay."""
+    selected = queryset.count()
+    deleted, _ = queryset.filter(status__in=FINISHED_STATUSES).delete()
+    done = f"Deleted {_tasks(deleted)}" if deleted else ""
+    _report(modeladmin, request, done, selected - deleted, "not finished")

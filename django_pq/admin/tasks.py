@@ -1,0 +1,290 @@
+"""The task pages: a fast changelist, a read-only detail page, and the task actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from django_pq.admin import display
+from django_pq.admin.bases import TaskModelAdmin
+from django_pq.admin.filters import (
+    PeriodicFilter,
+    PriorityFilter,
+    QueueFilter,
+    TaskNameFilter,
+    WorkerFilter,
+)
+from django_pq.admin.liveness import with_worker_banner
+from django_pq.admin.paginator import EstimatedCountPaginator
+from django_pq.admin.permissions import (
+    CANCEL_TASK,
+    DELETE_TASK,
+    RETRY_TASK,
+    RUN_TASK_NOW,
+    has_pq_perm,
+)
+from django_pq.admin.task_actions import (
+    cancel_tasks,
+    delete_finished_tasks,
+    retry_tasks,
+    run_tasks_now,
+)
+from django_pq.models import Status, Task
+
+#: Runs of the same schedule shown on a periodic task's page.
+HISTORY_LENGTH = 10
+
+
+@admin.register(Task)
+class TaskAdmin(TaskModelAdmin):
+    """Tasks are read-only: their name, arguments and status change only through actions."""
+
+    list_display = [
+        "id",
+        "name",
+        "status_badge",
+        "queue",
+        "priority_label",
+        "run_at",
+        "attempts_of_max",
+        "duration",
+        "worker_short",
+    ]
+    list_display_links = ["id", "name"]
+    list_filter = [
+        "status",
+        QueueFilter,
+        PriorityFilter,
+        TaskNameFilter,
+        PeriodicFilter,
+        WorkerFilter,
+        ("run_at", admin.DateFieldListFilter),
+        ("created_at", admin.DateFieldListFilter),
+        ("finished_at", admin.DateFieldListFilter),
+    ]
+    search_fields = ["name", "client_id"]
+    search_help_text = "A task id, a client_id, or part of a task name."
+    # Sorting by other columns would sort the whole table; the id order is an index scan.
+    sortable_by = ["id"]
+    ordering = ["-id"]
+    list_per_page = 50
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    actions = [retry_tasks, cancel_tasks, run_tasks_now, delete_finished_tasks]
+    change_list_template = "admin/django_pq/task/change_list.html"
+    change_form_template = "admin/django_pq/task/change_form.html"
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "id",
+                    "name",
+                    "status_badge",
+                    "queue",
+                    "priority_label",
+                    "client_id",
+                    "periodic_link",
+                    "slot",
+                ]
+            },
+        ),
+        ("Arguments and result", {"fields": ["arguments", "result_text", "parked_version"]}),
+        ("Error", {"fields": ["error_code", "error_text"]}),
+        (
+            "Timings",
+            {
+                "fields": [
+                    "created_at",
+                    "run_at",
+                    "started_at",
+                    "finished_at",
+                    "duration",
+                    "attempts_of_max",
+                    "max_runtime_text",
+                ]
+            },
+        ),
+        ("Resources", {"fields": ["peak_memory", "cpu_time", "worker_link", "run_token"]}),
+        ("History", {"fields": ["schedule_history"]}),
+    ]
+    readonly_fields = tuple(
+        field for _, options in fieldsets for field in options["fields"] if isinstance(field, str)
+    )
+
+    class Media:
+        css = {"all": ["django_pq/admin.css"]}
+
+    # -- permissions: read-only rows, one permission per action --------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
+        # A task's name, payload and status change only through the actions.
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
+        if obj is not None and not obj.is_finished:
+            return False
+        return has_pq_perm(request, DELETE_TASK)
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return has_pq_perm(request, RETRY_TASK)
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return has_pq_perm(request, CANCEL_TASK)
+
+    def has_run_now_permission(self, request: HttpRequest) -> bool:
+        return has_pq_perm(request, RUN_TASK_NOW)
+
+    # -- search: the id and client_id through their unique indexes -----------------------
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Task], search_term: str
+    ) -> tuple[QuerySet[Task], bool]:
+        term = search_term.strip().lstrip("#")
+        if term.isdigit():
+            return queryset.filter(Q(pk=int(term)) | Q(client_id=term)), False
+        if not term:
+            return queryset, False
+        by_client_id = queryset.filter(client_id=term)
+        by_name = queryset.filter(name__icontains=term)
+        return by_client_id | by_name, False
+
+    # -- columns and fields --------------------------------------------------------------
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, task: Task) -> SafeString:
+        return display.status_badge(task.status, task.get_status_display())
+
+    @admin.display(description="priority")
+    def priority_label(self, task: Task) -> str:
+        return task.priority_label
+
+    @admin.display(description="attempts")
+    def attempts_of_max(self, task: Task) -> str:
+        return f"{task.attempts}/{task.max_attempts}"
+
+    @admin.display(description="duration")
+    def duration(self, task: Task) -> str:
+        return display.human_duration(display.between(task.started_at, task.finished_at))
+
+    @admin.display(description="worker")
+    def worker_short(self, task: Task) -> str:
+        return str(task.worker_id)[:8] if task.worker_id else "-"
+
+    @admin.display(description="worker")
+    def worker_link(self, task: Task) -> SafeString | str:
+        if task.worker_id is None:
+            return "-"
+        url = reverse("admin:django_pq_worker_change", args=[task.worker_id])
+        return format_html('<a href="{}">{}</a>', url, task.worker_id)
+
+    @admin.display(description="schedule")
+    def periodic_link(self, task: Task) -> SafeString | str:
+        if task.periodic_id is None:
+            return "-"
+        url = reverse("admin:django_pq_periodic_change", args=[task.periodic_id])
+        return format_html('<a href="{}">{}</a>', url, task.periodic or task.periodic_id)
+
+    @admin.display(description="arguments")
+    def arguments(self, task: Task) -> SafeString:
+        return display.preformatted(display.readable_call(task.payload))
+
+    @admin.display(description="result")
+    def result_text(self, task: Task) -> SafeString:
+        return display.preformatted(display.readable_value(task.result))
+
+    @admin.display(description="version parked by upsert")
+    def parked_version(self, task: Task) -> SafeString | str:
+        return (
+            "-"
+            if task.requeue is None
+            else display.preformatted(display.readable_json(task.requeue))
+        )
+
+    @admin.display(description="error and traceback")
+    def error_text(self, task: Task) -> SafeString | str:
+        return display.preformatted(task.error) if task.error else "-"
+
+    @admin.display(description="max runtime")
+    def max_runtime_text(self, task: Task) -> str:
+        return display.human_duration(task.max_runtime) if task.max_runtime else "no limit"
+
+    @admin.display(description="peak memory (RSS)")
+    def peak_memory(self, task: Task) -> str:
+        return display.human_bytes(task.peak_rss)
+
+    @admin.display(description="CPU time")
+    def cpu_time(self, task: Task) -> str:
+        return display.human_duration(task.cpu_seconds)
+
+    @admin.display(description="recent runs of its schedule")
+    def schedule_history(self, task: Task) -> SafeString | str:
+        if task.periodic_id is None:
+            return "Not fired by a schedule; a retry reuses this row, so its attempts count it."
+        runs = Task.objects.filter(periodic_id=task.periodic_id).order_by("-slot", "-id")
+        rows = format_html_join(
+            "",
+            '<li><a href="{}">#{}</a> {} {} {}</li>',
+            (
+                (
+                    reverse("admin:django_pq_task_change", args=[run.pk]),
+                    run.pk,
+                    run.slot or run.run_at,
+                    display.status_badge(run.status, run.get_status_display()),
+                    run.get_error_code_display() if run.error_code else "",
+                )
+                for run in runs[:HISTORY_LENGTH]
+            ),
+        )
+        return format_html('<ul class="pq-history">{}</ul>', rows)
+
+    # -- pages ---------------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        from django_pq.admin.overview import overview_view
+
+        overview = path(
+            "overview/",
+            self.admin_site.admin_view(overview_view(self)),
+            name="django_pq_overview",
+        )
+        return [overview, *super().get_urls()]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        return super().changelist_view(request, with_worker_banner(extra_context))
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        context = with_worker_banner(extra_context)
+        task = self.get_object(request, object_id)
+        if task is not None:
+            context["pq_task_actions"] = self.object_actions(request, task)
+        return super().change_view(request, object_id, form_url, context)
+
+    def object_actions(self, request: HttpRequest, task: Task) -> list[tuple[str, str]]:
+        """The (action name, button label) pairs that fit this task and this user."""
+        fitting = []
+        if task.status in (Status.FAILED, Status.CANCELLED):
+            fitting.append(("retry_tasks", "Retry", self.has_retry_permission(request)))
+        if task.status in (Status.PENDING, Status.RUNNING):
+            fitting.append(("cancel_tasks", "Cancel", self.has_cancel_permission(request)))
+        if task.status == Status.PENDING and task.run_at > timezone.now():
+            fitting.append(("run_tasks_now", "Run now", self.has_run_now_permission(request)))
+        return [(name, label) for name, label, allowed in fitting if allowed]

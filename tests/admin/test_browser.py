@@ -1,0 +1,141 @@
+"""End to end in headless Chromium: an operator pauses, resumes and runs a schedule, watches
+the run appear, and retries a failed task. Each page is saved as a screenshot artifact."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.urls import reverse
+
+import django_pq as pq
+from django_pq.models import Periodic, Status, Task, Worker
+from django_pq.schedules import schedule
+from tests.admin.browser import screenshot, wait_for
+from tests.testapp import tasks
+from tests.worker.conftest import WorkerProcess, run_burst, wait_until
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def site(static_root: Path, live_server: Any, browser: Any) -> Callable[[str], None]:
+    """Logs the browser in as a superuser; returns a function that opens an admin path."""
+    from selenium.webdriver.common.by import By
+
+    User.objects.create_superuser("operator", password="correct horse")
+    browser.get(live_server.url + reverse("admin:login"))
+    browser.find_element(By.NAME, "username").send_keys("operator")
+    browser.find_element(By.NAME, "password").send_keys("correct horse")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait_for(browser, lambda d: "Site administration" in d.title)
+
+    def open_page(path: str) -> None:
+        browser.get(live_server.url + path)
+
+    return open_page
+
+
+def run_action(browser: Any, action: str, row_text: str) -> str:
+    """Tick the row that shows ``row_text``, choose ``action``, press Go; return the message."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    (row,) = [row for row in rows if row_text in row.text]
+    row.find_element(By.CSS_SELECTOR, "input.action-select").click()
+    Select(browser.find_element(By.NAME, "action")).select_by_value(action)
+    browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
+    message = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".messagelist li"))
+    return str(message[0].text)
+
+
+def test_pause_resume_and_run_a_schedule_and_watch_the_run(
+    site: Callable[[str], None], browser: Any, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    periodic = schedule(tasks.log_run, "from the admin", run_every=dt.timedelta(hours=1))
+    schedule(tasks.noop, cron="0 9 * * 1", timezone="Europe/Berlin")
+    site(reverse("admin:django_pq_periodic_changelist"))
+    assert "No live worker" in browser.page_source
+    screenshot(browser, "schedules")
+
+    assert run_action(browser, "pause_schedules", "log_run") == "Paused 1 schedule."
+    assert not Periodic.objects.get(pk=periodic.pk).active
+    assert run_action(browser, "resume_schedules", "log_run") == "Resumed 1 schedule."
+    assert Periodic.objects.get(pk=periodic.pk).active
+    assert run_action(browser, "run_schedules_now", "log_run") == "Started 1 run."
+    run = Task.objects.get(periodic=periodic)
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    (row,) = [row for row in rows if "log_run" in row.text]
+    row.find_element(By.LINK_TEXT, "runs").click()
+    wait_for(browser, lambda d: "pending" in d.find_element(By.ID, "result_list").text)
+
+    run_burst(start_worker)
+    assert Task.objects.get(pk=run.pk).status == Status.COMPLETED
+
+    def shows_completed(driver: Any) -> bool:
+        driver.refresh()
+        return "completed" in driver.find_element(By.ID, "result_list").text
+
+    wait_for(browser, shows_completed)
+    screenshot(browser, "schedule_runs")
+
+    site(reverse("admin:django_pq_periodic_change", args=[periodic.pk]))
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#pq-preview li")) == 5)
+    screenshot(browser, "schedule_form")
+
+
+def test_retry_a_failed_task(
+    site: Callable[[str], None], browser: Any, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    failing = pq.enqueue(tasks.raise_error)
+    pq.enqueue(tasks.add, 2, 3)
+    run_burst(start_worker)
+    assert Task.objects.get(pk=failing.pk).status == Status.FAILED
+
+    site(reverse("admin:django_pq_task_changelist"))
+    screenshot(browser, "tasks")
+    site(reverse("admin:django_pq_task_change", args=[failing.pk]))
+    assert "ValueError: this task always fails" in browser.page_source
+    screenshot(browser, "task_failed")
+
+    browser.find_element(By.CSS_SELECTOR, "form.pq-object-action button").click()
+    message = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".messagelist li"))
+    assert message[0].text == "Retried 1 task."
+    assert Task.objects.get(pk=failing.pk).status == Status.PENDING
+
+    run_burst(start_worker)
+    retried = Task.objects.get(pk=failing.pk)
+    assert (retried.status, retried.attempts) == (Status.FAILED, 2)
+
+
+def test_overview_and_workers_pages(
+    site: Callable[[str], None], browser: Any, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    for number in range(6):
+        pq.enqueue(tasks.add, number, 1, queue="mail" if number % 2 else "default")
+    pq.enqueue(tasks.raise_error)
+    pq.enqueue(tasks.noop, run_at=dt.timedelta(hours=1))
+    run_burst(start_worker, "--queue", "default", "--queue", "mail")
+    worker = start_worker("--queue", "default")
+    wait_until(lambda: Worker.objects.alive().exists(), 30, "the worker to heartbeat")
+
+    site(reverse("admin:django_pq_overview"))
+    assert browser.find_element(By.CSS_SELECTOR, "svg.pq-chart")
+    assert "No live worker" not in browser.page_source
+    screenshot(browser, "overview")
+
+    site(reverse("admin:django_pq_worker_changelist"))
+    wait_for(browser, lambda d: str(worker.pid) in d.find_element(By.ID, "result_list").text)
+    screenshot(browser, "workers")
