@@ -15,7 +15,7 @@ from django_pq.models import Status, Task
 from tests.admin.bulk import fill_tasks
 from tests.admin.conftest import make_task
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 #: Enough rows that the planner prefers indexes, and a table above the exact-count size.
 BIG = 60_000
