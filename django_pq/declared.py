@@ -101,6 +101,7 @@ def declared_schedules() -> list[Declaration]:
 class SyncReport:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
 
 
@@ -112,7 +113,6 @@ def sync_schedules(*, prune: bool = False) -> SyncReport:
     declared = declared_schedules()
     for declaration in declared:
         name, key = declaration.identity
-        exists = Periodic.objects.using(pq_settings.DATABASE).filter(name=name, key=key).exists()
         options = {
             "run_every": None,
             "cron": None,
@@ -127,7 +127,7 @@ def sync_schedules(*, prune: bool = False) -> SyncReport:
             **declaration.options,
         }
         options.pop("active", None)  # a staff pause wins over the code
-        _upsert(
+        _, outcome = _upsert(
             declaration.func,
             declaration.args,
             declaration.kwargs,
@@ -135,7 +135,7 @@ def sync_schedules(*, prune: bool = False) -> SyncReport:
             is_declared=True,
             **options,
         )
-        (report.updated if exists else report.created).append(f"{name}[{key}]" if key else name)
+        getattr(report, outcome).append(f"{name}[{key}]" if key else name)
     if prune:
         keep = {d.identity for d in declared}
         for periodic in Periodic.objects.using(pq_settings.DATABASE).filter(is_declared=True):

@@ -160,14 +160,21 @@ class ThrowawayPostgres:
             "cluster.destroy()\n"
         )
         subprocess.Popen(
-            [sys.executable, "-c", watcher, str(owner_pid), str(self.bin_dir), str(self.root),
-             *self._as_user],
+            [
+                sys.executable,
+                "-c",
+                watcher,
+                str(owner_pid),
+                str(self.bin_dir),
+                str(self.root),
+                *self._as_user,
+            ],
             start_new_session=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        )  # fmt: skip
+        )
 
 
 def _start_embedded() -> tuple[str, Any]:

@@ -145,9 +145,16 @@ _ROWS = """
     AS r(queue, name, payload, priority, run_at, delay, client_id, max_attempts, max_runtime, n)
 """
 _ARRAY_COLUMNS = (
-    "queue", "name", "payload", "priority", "run_at", "delay", "client_id", "max_attempts",
+    "queue",
+    "name",
+    "payload",
+    "priority",
+    "run_at",
+    "delay",
+    "client_id",
+    "max_attempts",
     "max_runtime",
-)  # fmt: skip
+)
 _INSERT_COLUMNS = """
     INSERT INTO pq_tasks AS t (
         queue, name, payload, priority, run_at, client_id, max_attempts, max_runtime,

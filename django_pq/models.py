@@ -33,7 +33,12 @@ class Priority(enum.IntEnum):
 
 
 class Status(models.TextChoices):
-    """Where a task is in its life. Moves only along the paths in docs/explanation."""
+    """Where a task is in its life.
+
+    It moves only along ``pending → running → completed | failed | cancelled``,
+    ``running → pending`` (a retry with backoff, or a version parked by ``upsert``) and
+    ``failed | cancelled → pending`` (``retry()``); ``pending → cancelled`` by ``cancel()``.
+    """
 
     PENDING = "pending", _("pending")
     RUNNING = "running", _("running")

@@ -252,7 +252,7 @@ def schedule(
     leaves an existing schedule's pause as it is (new schedules start active). Changing
     the timing recomputes ``next_run``; changing anything else keeps it.
     """
-    return _upsert(
+    periodic, _ = _upsert(
         func,
         args,
         kwargs,
@@ -269,6 +269,7 @@ def schedule(
         client_id=client_id,
         is_declared=False,
     )
+    return periodic
 
 
 def _validated(options: dict[str, Any]) -> dict[str, Any]:
@@ -322,7 +323,9 @@ def _upsert(
     active: bool | None,
     is_declared: bool,
     **options: Any,
-) -> Periodic:
+) -> tuple[Periodic, str]:
+    """Create or update; returns the schedule and ``"created"``, ``"updated"`` or
+    ``"unchanged"``."""
     fields = _validated({"func": func, "args": args, "kwargs": kwargs, **options})
     using = pq_settings.DATABASE
     with transaction.atomic(using=using):
@@ -356,7 +359,7 @@ def _upsert(
             fields["is_declared"] = is_declared
             changed = [name for name, value in fields.items() if getattr(periodic, name) != value]
             if not changed:
-                return periodic  # nothing to write: syncing the same declarations is a no-op
+                return periodic, "unchanged"  # syncing the same declarations writes nothing
             for name in changed:
                 setattr(periodic, name, fields[name])
             if retimed:
@@ -370,7 +373,7 @@ def _upsert(
             periodic.updated_at = now
             periodic.save(using=using, update_fields=[*changed, "updated_at"])
         notify_schedules_changed(using)
-    return periodic
+    return periodic, "updated" if existing is not None else "created"
 
 
 def _lookup(func_or_name: Callable[..., Any] | str, key: str) -> Periodic:

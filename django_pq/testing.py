@@ -350,9 +350,13 @@ def _run_inline(claimed: Claimed, alias: str) -> Outcome:
         except _UndoTask:
             pass
     child = RunningChild(
-        task=claimed, pid=0, report_fd=-1, started=0.0, deadline=None,
+        task=claimed,
+        pid=0,
+        report_fd=-1,
+        started=0.0,
+        deadline=None,
         report=bytearray(json.dumps(report).encode()),
-    )  # fmt: skip
+    )
     return judge(child, 0, None, pq_settings.ERROR_MAX_LENGTH, retry_delay=0.0)
 
 
@@ -367,9 +371,10 @@ def _run_forked(claimed: Claimed) -> Outcome:
         now = time.monotonic()
         if child.deadline is not None and now >= child.deadline:
             child.stop(
-                "timeout", f"The task ran past its max_runtime of {max_runtime:g}s.",
+                "timeout",
+                f"The task ran past its max_runtime of {max_runtime:g}s.",
                 pq_settings.KILL_GRACE,
-            )  # fmt: skip
+            )
         child.escalate(now)
         select.select([child.report_fd], [], [], 0.05)
         child.read_report()

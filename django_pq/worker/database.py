@@ -72,8 +72,13 @@ class Database:
         if time.monotonic() < self._next_attempt:
             return False
         try:
+            params = connection_params(self.alias)
+            if not self.listen:
+                # Behind a pooler in transaction mode (which is why LISTEN is off) a
+                # prepared statement may meet another server session: don't prepare.
+                params.setdefault("prepare_threshold", None)
             conn = psycopg.connect(
-                **connection_params(self.alias),
+                **params,
                 autocommit=True,
                 application_name=f"pq_worker:{os.getpid()}",
                 connect_timeout=5,

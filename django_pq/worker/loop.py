@@ -79,6 +79,8 @@ class WorkerLoop:
         self.next_poll = now
         self.next_run_at: float | None = None
         self.next_heartbeat = now
+        self.check_orphans = False
+        self.logged_done = False
         self.clock_offset = 0.0  # database clock minus ours, from the last heartbeat
         self.next_prune = now
         self.next_memory_check = now
@@ -102,6 +104,11 @@ class WorkerLoop:
         self.signals_received += 1
 
     def _on_notify(self, payload: str) -> None:
+        if payload == "reconnected":
+            # A reply lost with the old connection may hide a committed claim: look for
+            # rows held under our id that no child of ours runs.
+            self.check_orphans = True
+            self.next_fire = time.monotonic()
         if payload.startswith("s:"):
             self.next_fire = time.monotonic()  # a schedule changed: look again
             return
@@ -163,6 +170,8 @@ class WorkerLoop:
                 return False
         if self.db.connect() and not self.registered:
             self._register()
+        if self.registered and self.check_orphans:
+            self._recover_orphans()
         if self.registered:
             self._heartbeat_if_due(now)
             if not self.signals_received:
@@ -185,13 +194,15 @@ class WorkerLoop:
                 child.release()
 
     def _is_done(self) -> bool:
+        reason = ""
         if self.config.max_tasks is not None and self.started_tasks >= self.config.max_tasks:
-            logger.info("Reached --max-tasks=%d; stopping", self.config.max_tasks)
-            return True
-        if self.config.burst and self.claim_came_back_short and not self.unwritten:
-            logger.info("No ready task left (--burst); stopping")
-            return True
-        return False
+            reason = f"Reached --max-tasks={self.config.max_tasks}; stopping"
+        elif self.config.burst and self.claim_came_back_short and not self.unwritten:
+            reason = "No ready task left (--burst); stopping"
+        if reason and not self.logged_done:
+            logger.info(reason)
+            self.logged_done = True
+        return bool(reason)
 
     def _register(self) -> None:
         params = {
@@ -507,6 +518,19 @@ class WorkerLoop:
                 return
             self._check_written([outcome], rows)
 
+    def _recover_orphans(self) -> None:
+        """Finish tasks claimed under our id whose claim reply never reached us."""
+        mine = [child.task.id for child in self._busy() if child.task is not None]
+        rows = self.db.execute(sql.ORPHANS, {"worker": self.id, "mine": mine})
+        if rows is None:
+            return
+        self.check_orphans = False
+        if rows:
+            logger.warning(
+                "Found %d tasks claimed but never started (connection lost mid-claim)", len(rows)
+            )
+            self._reap([(int(task_id), token) for task_id, token in rows])
+
     def _reap(self, lost: list[tuple[int, str]]) -> None:
         """Finish the running tasks of dead workers (re-queue those with attempts left)."""
         outcomes = [
@@ -563,7 +587,7 @@ class WorkerLoop:
 
     def _timeout(self, now: float) -> float:
         busy = self._busy()
-        if self.should_claim and len(busy) < self.config.concurrency:
+        if self.should_claim and len(busy) < self.config.concurrency and self.registered:
             return 0.0
         moments = [self.next_heartbeat, self.next_fire]
         if not self.config.listen:

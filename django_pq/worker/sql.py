@@ -220,6 +220,13 @@ def heartbeat_statement(config: WorkerConfig) -> str:
     """
 
 
+# Tasks held under this worker's id that it is not running: a claim that committed while
+# the connection died before its reply arrived. Reaped like a dead worker's.
+ORPHANS = """
+    SELECT id, run_token::text FROM pq_tasks
+    WHERE worker_id = %(worker)s AND status = 'running' AND NOT (id = ANY(%(mine)s))
+"""
+
 DEREGISTER = "UPDATE pq_workers SET stopped_at = now() WHERE id = %(id)s"
 
 # Deletes one small batch of old finished tasks; short transactions, no long locks.

@@ -270,3 +270,43 @@ def test_old_finished_tasks_are_pruned_and_the_rest_kept(start_worker):
     )
     assert Task.objects.filter(pk__in=[recent.pk, waiting.pk]).count() == 2
     assert worker.process.poll() is None
+
+
+def test_after_a_reconnect_claims_whose_reply_was_lost_are_reaped(start_worker):
+    """A claim can commit while the connection dies before its reply: the row says the
+    worker holds it, but no child runs it. After reconnecting, the worker finds it."""
+    worker = start_worker("--concurrency", "1", "--queue", "elsewhere")
+    row = registered(worker)
+    orphan = pq.enqueue(tasks.add, 1, 1, max_attempts=2)
+    Task.objects.filter(pk=orphan.pk).update(
+        status="running",
+        worker_id=row.id,
+        attempts=1,
+        run_token="00000000-0000-0000-0000-0000000000aa",
+    )
+    with connect_like_django() as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            [f"pq_worker:{worker.pid}"],
+        )
+    wait_until(lambda: status_of(orphan) == "pending", 20, "the orphaned claim to be re-queued")
+    orphan.refresh_from_db()
+    assert orphan.error_code == "worker_lost" and orphan.run_token is None
+
+
+def test_a_bad_setting_is_a_usage_error_naming_the_check():
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "pq_worker"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "PYTHONPATH": str(REPO),
+            "DJANGO_PQ_TEST_SETTINGS": '{"PQ_POLL_INTERVAL": 0}',
+        },
+    )
+    assert result.returncode == ExitCode.USAGE
+    assert "django_pq.E010" in result.stderr and "PQ_POLL_INTERVAL" in result.stderr

@@ -28,13 +28,34 @@ from django_pq.task_paths import is_allowed_module
 
 #: Columns of pq 0.9's tables that the import reads.
 PQ_TASK_COLUMNS = (
-    "id", "client_id", "name", "payload", "priority", "status", "run_at", "created_at",
-    "started_at", "completed_at", "error", "attempts", "max_runtime_seconds",
-)  # fmt: skip
+    "id",
+    "client_id",
+    "name",
+    "payload",
+    "priority",
+    "status",
+    "run_at",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "error",
+    "attempts",
+    "max_runtime_seconds",
+)
 PQ_PERIODIC_COLUMNS = (
-    "client_id", "name", "key", "payload", "priority", "run_every", "cron", "next_run",
-    "max_concurrent", "active", "max_runtime_seconds", "last_run",
-)  # fmt: skip
+    "client_id",
+    "name",
+    "key",
+    "payload",
+    "priority",
+    "run_every",
+    "cron",
+    "next_run",
+    "max_concurrent",
+    "active",
+    "max_runtime_seconds",
+    "last_run",
+)
 FINISHED = ("completed", "failed")
 
 

@@ -32,11 +32,12 @@ class Command(BaseCommand):
         for label, names in (
             ("created", report.created),
             ("updated", report.updated),
+            ("unchanged", report.unchanged),
             ("removed", report.removed),
         ):
             for name in names:
                 self.stdout.write(f"{label}: {name}")
         self.stdout.write(
             f"{len(report.created)} created, {len(report.updated)} updated, "
-            f"{len(report.removed)} removed"
+            f"{len(report.unchanged)} unchanged, {len(report.removed)} removed"
         )

@@ -7,7 +7,8 @@ import os
 import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser, SystemCheckError
+from django.db import DatabaseError
 
 from django_pq.declared import sync_schedules
 from django_pq.exceptions import TaskRefused
@@ -77,7 +78,8 @@ class Command(BaseCommand):
             "--poll-interval",
             type=float,
             metavar="SECONDS",
-            help="Fallback poll when no notification arrives (default: PQ_POLL_INTERVAL).",
+            help="Seconds between polls for ready tasks with --no-listen; with LISTEN on, "
+            "notifications and the heartbeat wake the worker (default: PQ_POLL_INTERVAL).",
         )
         parser.add_argument(
             "--no-listen",
@@ -117,7 +119,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options["verbosity"])
-        self.check(display_num_errors=False, fail_level=logging.ERROR)
+        try:
+            self.check(display_num_errors=False, fail_level=logging.ERROR)
+        except SystemCheckError as error:
+            # A bad PQ_* setting is a usage error like a bad flag.
+            raise CommandError(str(error), returncode=ExitCode.USAGE) from None
         try:
             config = WorkerConfig.from_settings(
                 concurrency=options["concurrency"],
@@ -140,6 +146,11 @@ class Command(BaseCommand):
             raise CommandError(str(error), returncode=ExitCode.USAGE) from None
         try:
             sync_schedules()  # declared schedules are current however the deploy ran
+        except DatabaseError as error:
+            # The worker waits for the database anyway; the schedules were synced on deploy.
+            logging.getLogger("django_pq.worker").warning(
+                "Could not sync declared schedules (%s); starting without it", error
+            )
         except TaskRefused as error:
             raise CommandError(
                 f"A declared schedule is invalid: {error}", returncode=ExitCode.USAGE
