@@ -67,3 +67,39 @@ def test_checks_reference_documents_no_unknown_ids() -> None:
             assert "retired" in sections[check_id].lower(), (
                 f"{check_id} is documented in checks.md but no check gives it"
             )
+
+
+BASE_OPTIONS = {
+    "--help",
+    "--version",
+    "--verbosity",
+    "--settings",
+    "--pythonpath",
+    "--traceback",
+    "--no-color",
+    "--force-color",
+    "--skip-checks",
+}
+
+
+def _command_flags() -> list[tuple[str, str]]:
+    from django.core.management import load_command_class
+
+    flags = []
+    for module in sorted((PACKAGE / "management" / "commands").glob("pq_*.py")):
+        command = load_command_class("django_pq", module.stem)
+        parser = command.create_parser("manage.py", module.stem)
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option not in BASE_OPTIONS:
+                    flags.append((module.stem, option))
+    return flags
+
+
+@pytest.mark.parametrize(("command", "flag"), _command_flags())
+def test_every_command_flag_is_in_the_reference(command: str, flag: str) -> None:
+    pages = [REFERENCE / "commands.md", *REFERENCE.glob("*.md")]
+    page_text = {page: page.read_text(encoding="utf-8") for page in pages}
+    # The command's own section (or page) must name the flag.
+    holders = [page.name for page, text in page_text.items() if command in text and flag in text]
+    assert holders, f"{command} {flag} is not documented in docs/reference/"
