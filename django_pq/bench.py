@@ -95,7 +95,7 @@ class BenchConfig:
     enqueue_count: int = 500
     bulk_count: int = 2000
     latency_samples: int = 50
-    idle_seconds: float = 10.0
+    idle_seconds: float = 30.0
     forks: int = 500
     worker_args: tuple[str, ...] = ()
 
@@ -289,7 +289,9 @@ def measure_idle_load(config: BenchConfig) -> dict[str, Any]:
     """
     with _fifo() as (path, fd), _workers(config, 1) as _:
         _wait_for_sample(fd, path, -1, _WORKER_START_TIMEOUT)
-        time.sleep(2.0)  # let the start-up chores (reap, prune, first poll) pass
+        # Let the start-up chores pass and reach the counters: an idle backend publishes
+        # its statistics up to 10 s late (PostgreSQL's PGSTAT_IDLE_INTERVAL).
+        time.sleep(11.0)
         first = _commits()
         started = time.perf_counter()
         time.sleep(config.idle_seconds)

@@ -8,6 +8,7 @@ and a rollback leaves neither row nor notification.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -167,6 +168,7 @@ _INSERT_COLUMNS = """
 """
 
 
+@functools.cache
 def _with_notify(modifying_sql: str) -> str:
     columns = ", ".join(f"t.{field.column}" for field in Task._meta.concrete_fields)
     return notifying(modifying_sql, columns)

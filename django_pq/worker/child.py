@@ -7,6 +7,7 @@ into the parent's loop, which this process is a copy of.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import ctypes
@@ -20,7 +21,6 @@ import resource
 import signal
 import struct
 import sys
-import threading
 import time
 import traceback
 from typing import Any, NoReturn
@@ -72,12 +72,21 @@ def _detach_inherited_connections() -> None:
         conn.needs_rollback = False
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _load_libc() -> Any:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the watchdog below still covers it
-        pass
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+# Loaded once in the parent at import, not in every child.
+_LIBC = _load_libc()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    with contextlib.suppress(AttributeError):  # not Linux: the watchdog still covers it
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
 
@@ -111,7 +120,9 @@ def _prepare_process(parent_pid: int, lease: LeaseClock, max_memory_mb: float | 
     _die_with_parent(parent_pid)
     random.seed()  # the parent's random state would repeat in every child
     _detach_inherited_connections()
-    threading.Thread(target=_watchdog, args=(parent_pid, lease), daemon=True).start()
+    # The low-level start: threading.Thread.start() waits for the thread to run, which
+    # costs milliseconds per task.
+    _thread.start_new_thread(_watchdog, (parent_pid, lease))
     _limit_memory(max_memory_mb)
 
 
@@ -280,7 +291,9 @@ def run_child(
             traceback.print_exc()
     finally:
         with contextlib.suppress(BaseException):
-            connections.close_all()  # the child's own connections: say goodbye properly
+            # The child's own connections, if a task opened any: say goodbye properly.
+            if any(conn.connection is not None for conn in connections.all(initialized_only=True)):
+                connections.close_all()
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)

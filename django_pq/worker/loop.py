@@ -32,7 +32,7 @@ from psycopg.types.json import Jsonb
 
 from django_pq import __version__
 from django_pq.conf import pq_settings
-from django_pq.task_paths import preload_task_modules
+from django_pq.task_paths import preload_task_modules, resolve
 from django_pq.worker import sql
 from django_pq.worker.child import LeaseClock
 from django_pq.worker.children import RunningChild, fork_child, verdict
@@ -80,6 +80,7 @@ class WorkerLoop:
         self.next_run_at: float | None = None
         self.next_heartbeat = now
         self.check_orphans = False
+        self.imported_modules: set[str] = set()
         self.logged_done = False
         self.clock_offset = 0.0  # database clock minus ours, from the last heartbeat
         self.next_prune = now
@@ -322,7 +323,19 @@ class WorkerLoop:
             # A full claim suggests more ready work; a short one waits for a wake-up.
             self.should_claim = not self.claim_came_back_short
 
+    def _import_in_parent(self, name: str) -> None:
+        """Import a task's module once in the parent, so no child pays for the import."""
+        module = name.partition(":")[0]
+        if module in self.imported_modules:
+            return
+        self.imported_modules.add(module)
+        # resolve() checks the allow-list before importing anything; a module that fails
+        # here fails in the child too, which reports it for that task.
+        with contextlib.suppress(Exception):
+            resolve(name)
+
     def _start(self, task: Claimed) -> None:
+        self._import_in_parent(task.name)
         max_runtime = task.max_runtime or self.config.max_runtime
         idle = next((child for child in self.children.values() if child.is_idle), None)
         if idle is None or not idle.assign(task, max_runtime):

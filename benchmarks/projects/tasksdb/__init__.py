@@ -1,0 +1,1 @@
+"""A tiny Django project for benchmarking django-tasks-db (settings, and tasks in tasks.py)."""
