@@ -129,9 +129,21 @@ def resolve(path: str) -> Callable[..., Any]:
             target = getattr(target, part)
         except AttributeError:
             raise NotATaskFunction(f"{module_name} has no attribute {qualname}.") from None
+        if inspect.ismodule(target):
+            # `app.tasks:os.system` would walk from an allowed module into any module it
+            # imported: the name must stay inside the allowed module.
+            raise NotATaskFunction(f"{path!r} reaches into another module ({target.__name__}).")
     # A django.tasks Task is not callable itself; the function it wraps is.
-    if not callable(_unwrap_task_object(target)):
+    func = _unwrap_task_object(target)
+    if not callable(func):
         raise NotATaskFunction(f"{path} is not callable.")
+    defined_in = getattr(func, "__module__", None) or ""
+    if not is_allowed_module(defined_in):
+        # Imported into an allowed module from elsewhere (`from os import system`).
+        raise NotATaskFunction(
+            f"{path} is defined in {defined_in or 'an unknown module'}, outside the allowed "
+            f"modules. {_ALLOWED_MODULES_HINT}"
+        )
     return target  # type: ignore[no-any-return]
 
 

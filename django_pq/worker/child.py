@@ -155,7 +155,16 @@ def execute(claimed: Claimed, max_memory_mb: float | None = None) -> dict[str, A
     except NotATaskFunction as error:
         return {"status": "failed", "error_code": "unknown_task", "error": str(error)}
     try:
-        args, kwargs = decode_payload(claimed.payload)
+        payload = claimed.payload
+        if isinstance(payload, str | bytes):
+            payload = json.loads(payload)
+        args, kwargs = decode_payload(payload)
+    except (ValueError, RecursionError) as error:
+        return {
+            "status": "failed",
+            "error_code": "bad_payload",
+            "error": f"The payload is not decodable JSON: {type(error).__name__}: {error}"[:2000],
+        }
     except PayloadError as error:
         return {"status": "failed", "error_code": "bad_payload", "error": str(error)}
     run = signals.TaskRun(

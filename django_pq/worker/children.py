@@ -111,6 +111,12 @@ class RunningChild:
             return None
 
 
+def kill_group(pid: int) -> None:
+    """SIGKILL what is left of a child's process group (grandchildren it left behind)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def _signal_group(pid: int, signum: int) -> None:
     try:
         os.killpg(pid, signum)

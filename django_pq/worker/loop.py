@@ -35,7 +35,7 @@ from django_pq.conf import pq_settings
 from django_pq.task_paths import preload_task_modules, resolve
 from django_pq.worker import sql
 from django_pq.worker.child import LeaseClock
-from django_pq.worker.children import RunningChild, fork_child, verdict
+from django_pq.worker.children import RunningChild, fork_child, kill_group, verdict
 from django_pq.worker.config import WorkerConfig
 from django_pq.worker.database import Database
 from django_pq.worker.faults import crash_point
@@ -387,6 +387,8 @@ class WorkerLoop:
             if not child.pipe_closed:
                 os.close(child.report_fd)
             child.release()
+            # Whatever the task left running in its process group dies with it.
+            kill_group(child.pid)
             crash_point("after_child_exit")
             if child.task is not None:
                 self._record(child, child.take_report(), status, usage)

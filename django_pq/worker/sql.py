@@ -30,7 +30,7 @@ class Claimed:
 
     id: int
     name: str
-    payload: Any
+    payload: Any  # JSON text from the claim (decoded in the child), or decoded JSON
     queue: str
     priority: int
     attempts: int
@@ -42,7 +42,9 @@ class Claimed:
 
 
 _CLAIMED_COLUMNS = (
-    "t.id, t.name, t.payload, t.queue, t.priority, t.attempts, t.max_attempts, "
+    # The payload as text: decoding hostile JSON (say, nested thousands deep) is the
+    # child's job, so it can fail that task alone and never the worker.
+    "t.id, t.name, t.payload::text, t.queue, t.priority, t.attempts, t.max_attempts, "
     "t.max_runtime, t.run_token::text, t.client_id, t.periodic_id"
 )
 
