@@ -195,6 +195,17 @@ class Runner:
                     "--bulk-count",
                     str(s.bulk_count),
                 )
+            if workload == "drain_reuse":
+                # The opt-in child reuse: one fork runs up to 100 tasks in turn.
+                return self._pq_bench(
+                    "--only",
+                    "drain",
+                    "--tasks",
+                    str(s.tasks),
+                    "--concurrency",
+                    "2",
+                    "--worker-arg=--tasks-per-child=100",
+                )
             if workload in ("drain", "drain_2_workers"):
                 workers = "2" if workload == "drain_2_workers" else "1"
                 concurrency = "1" if workload == "drain_2_workers" else "2"
@@ -300,6 +311,12 @@ FIGURES = [
     ("drain", "per_second", "Drain, 2,000 no-op tasks, 1 worker, concurrency 2 (tasks/s)", "high"),
     ("drain", "cpu_ms_per_task", "  worker CPU per task, incl. start-up (ms)", "low"),
     ("drain_2_workers", "per_second", "Drain, 2 worker processes, concurrency 1 (tasks/s)", "high"),
+    (
+        "drain_reuse",
+        "per_second",
+        "Drain, 1 worker, concurrency 2, --tasks-per-child=100 (tasks/s)",
+        "high",
+    ),
     ("latency", "p50_ms", "Pickup latency at idle, p50 (ms)", "low"),
     ("latency", "p95_ms", "Pickup latency at idle, p95 (ms)", "low"),
     ("latency", "p99_ms", "Pickup latency at idle, p99 (ms)", "low"),
@@ -322,7 +339,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     for system in systems:
         progress(f"setting up {system}")
         runner.setup(system)
-    workloads = ["enqueue", "drain", "drain_2_workers", "latency", "idle"]
+    workloads = ["enqueue", "drain", "drain_reuse", "drain_2_workers", "latency", "idle"]
     raw: dict[str, dict[str, list[dict[str, Any]]]] = {s: {} for s in systems}
     for round_number in range(sizes.rounds):
         order = systems[round_number % len(systems) :] + systems[: round_number % len(systems)]
@@ -331,6 +348,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         for workload in workloads:
             for system in order:
                 if workload == "drain_2_workers" and system not in (*NON_FORKING, "django-pq"):
+                    continue
+                if workload == "drain_reuse" and system != "django-pq":
                     continue
                 progress(f"round {round_number + 1}/{sizes.rounds}: {system} {workload}")
                 try:
@@ -462,6 +481,16 @@ def _targets(data: dict[str, Any]) -> list[tuple[str, str, str]]:
         "enqueue_many ≥ 20x single", bulk / single if bulk and single else None, 20, "{:.1f}x", True
     )
     add("Idle worker ≤ 0.2 commits/s", m("django-pq", "idle", "per_second"), 0.2, "{:.2f}/s", False)
+    reuse = m("django-pq", "drain_reuse", "per_second")
+    peers = [m(peer, "drain", "per_second") for peer in NON_FORKING]
+    fastest = max((p for p in peers if p), default=None)
+    add(
+        "--tasks-per-child drain ≥ the fastest non-forking peer (concurrency 2)",
+        reuse / fastest if reuse and fastest else None,
+        1.0,
+        "{:.2f}x",
+        True,
+    )
     history = data.get("history")
     if history and drain:
         change = history["per_second"] / drain - 1

@@ -112,7 +112,10 @@ SETTINGS: tuple[Setting, ...] = (
         "True or False",
         "django_pq.E007",
         "Allow arguments and results that JSON cannot carry to travel pickled, signed with a "
-        "key derived from SECRET_KEY. Off by default: the database is not a code channel.",
+        "key derived from SECRET_KEY. Off by default: the database is not a code channel. "
+        "A worker decodes pickled values only in the task's child process; every reader "
+        "(the admin, Task.decoded_arguments(), get_result()) decodes them only when their "
+        "signature is valid.",
     ),
     Setting(
         "PQ_NOTIFY_CHANNEL",

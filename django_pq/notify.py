@@ -1,7 +1,7 @@
 """Waking workers: NOTIFY sent by the same statement that makes a task pending.
 
-Payloads are ``t:<earliest run_at epoch>:<queue>`` (work is pending) and ``c:<task id>``
-(a running task was cancelled). Postgres delivers them when the writing transaction
+Payloads are ``t:<earliest run_at epoch>:<queue>`` (work is pending), ``c:<task id>`` (a
+running task was cancelled) and ``s:`` (a schedule changed; sent by ``schedules.py``). Postgres delivers them when the writing transaction
 commits, never before, and never after a rollback.
 """
 
