@@ -1,8 +1,9 @@
 """Waking workers: NOTIFY sent by the same statement that makes a task pending.
 
 Payloads are ``t:<earliest run_at epoch>:<queue>`` (work is pending), ``c:<task id>`` (a
-running task was cancelled) and ``s:`` (a schedule changed; sent by ``schedules.py``). Postgres delivers them when the writing transaction
-commits, never before, and never after a rollback.
+running task was cancelled) and ``s:`` (a schedule changed; sent by ``schedules.py``).
+Postgres delivers them when the writing transaction commits, never before, and never after
+a rollback.
 """
 
 from __future__ import annotations

@@ -344,12 +344,7 @@ def _upsert(
                 is_declared=is_declared,
                 **fields,
             )
-            periodic.next_run = next_slot(
-                run_every=periodic.run_every,
-                cron=periodic.cron,
-                timezone=periodic.timezone,
-                after=now,
-            )
+            periodic.next_run = _first_slot_after(periodic, now)
             periodic.save(using=using)
         else:
             periodic = existing
@@ -363,17 +358,19 @@ def _upsert(
             for name in changed:
                 setattr(periodic, name, fields[name])
             if retimed:
-                periodic.next_run = next_slot(
-                    run_every=periodic.run_every,
-                    cron=periodic.cron,
-                    timezone=periodic.timezone,
-                    after=now,
-                )
+                periodic.next_run = _first_slot_after(periodic, now)
                 changed.append("next_run")
             periodic.updated_at = now
             periodic.save(using=using, update_fields=[*changed, "updated_at"])
         notify_schedules_changed(using)
     return periodic, "updated" if existing is not None else "created"
+
+
+def _first_slot_after(periodic: Periodic, now: dt.datetime) -> dt.datetime:
+    """The schedule's first slot after ``now``: for a new, retimed or resumed schedule."""
+    return next_slot(
+        run_every=periodic.run_every, cron=periodic.cron, timezone=periodic.timezone, after=now
+    )
 
 
 def _lookup(func_or_name: Callable[..., Any] | str, key: str) -> Periodic:
@@ -412,12 +409,7 @@ def set_active(periodic: Periodic, active: bool) -> None:
         periodic.active = active
         fields = ["active", "updated_at"]
         if active:
-            periodic.next_run = next_slot(
-                run_every=periodic.run_every,
-                cron=periodic.cron,
-                timezone=periodic.timezone,
-                after=now,
-            )
+            periodic.next_run = _first_slot_after(periodic, now)
             fields.append("next_run")
         periodic.updated_at = now
         periodic.save(using=using, update_fields=fields)

@@ -20,14 +20,7 @@ def pause_schedules(
     modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Periodic]
 ) -> None:
     """Stop the active ones firing; their rows, history and runs stay."""
-    selected = list(queryset)
-    active = [periodic for periodic in selected if periodic.active]
-    for periodic in active:
-        periodic.pause()
-    text = f"Paused {_schedules(len(active))}"
-    if len(selected) > len(active):
-        text += f"; {_schedules(len(selected) - len(active))} already paused"
-    modeladmin.message_user(request, f"{text}.", messages.SUCCESS if active else messages.WARNING)
+    _set_active(modeladmin, request, queryset, active=False)
 
 
 @admin.action(description="Resume selected schedules", permissions=["pause"])
@@ -35,14 +28,28 @@ def resume_schedules(
     modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Periodic]
 ) -> None:
     """Let the paused ones fire again from their next slot after now."""
+    _set_active(modeladmin, request, queryset, active=True)
+
+
+def _set_active(
+    modeladmin: admin.ModelAdmin[Any],
+    request: HttpRequest,
+    queryset: QuerySet[Periodic],
+    *,
+    active: bool,
+) -> None:
     selected = list(queryset)
-    paused = [periodic for periodic in selected if not periodic.active]
-    for periodic in paused:
-        periodic.resume()
-    text = f"Resumed {_schedules(len(paused))}"
-    if len(selected) > len(paused):
-        text += f"; {_schedules(len(selected) - len(paused))} already active"
-    modeladmin.message_user(request, f"{text}.", messages.SUCCESS if paused else messages.WARNING)
+    changing = [periodic for periodic in selected if periodic.active != active]
+    for periodic in changing:
+        if active:
+            periodic.resume()
+        else:
+            periodic.pause()
+    verb, already = ("Resumed", "already active") if active else ("Paused", "already paused")
+    text = f"{verb} {_schedules(len(changing))}"
+    if len(selected) > len(changing):
+        text += f"; {_schedules(len(selected) - len(changing))} {already}"
+    modeladmin.message_user(request, f"{text}.", messages.SUCCESS if changing else messages.WARNING)
 
 
 @admin.action(description="Run selected schedules now", permissions=["run_now"])
