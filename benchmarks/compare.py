@@ -560,9 +560,35 @@ def render(data: dict[str, Any]) -> str:
         ]
     lines += ["", "## Targets", "", "| Target | Measured | |", "|---|---|---|"]
     lines += [f"| {t} | {v} | {verdict} |" for t, v, verdict in _targets(data)]
+    lines += ["", "## Where targets are missed, and what bounds them", "", GAPS.strip()]
     lines += ["", "## How it is measured", "", METHOD.strip(), ""]
     return "\n".join(lines)
 
+
+#: Where targets are missed, what bounds them. Kept in words (the table has the numbers).
+GAPS = """
+- **Drain with a fresh fork per task.** Each task costs the worker parent a fork of a
+  Django-sized process (the floor above) and one transaction that records the finished
+  task and claims the next (with `synchronous_commit` on, each commit waits for a WAL
+  flush). The child then runs Python in a copy of the parent, so every page it touches is
+  copied (copy-on-write), and tearing that address space down at exit costs again. The
+  fork+exit+wait floor contains none of that work, which is why even an empty task lands
+  well below it; on this 2-CPU machine the parent, two children and PostgreSQL also share
+  two cores. Worker CPU per task (in the table) against the floor's milliseconds per fork
+  shows the gap directly. The opt-in `--tasks-per-child` removes the fork from most tasks
+  and is the way past it: its drain row is several times pq's.
+- **Single enqueue.** One `enqueue()` is one statement: an `INSERT … SELECT` from arrays,
+  with the `NOTIFY` in the same statement so a worker wakes only when the transaction
+  commits, returning the row as a `Task`. Committing a transaction that notified takes
+  PostgreSQL's notification-queue lock, which in-process queues that poll do not pay; the
+  round-to-round spread of every system here overlaps a good part of the differences.
+- **`enqueue_many()`**: one statement for the whole batch; what is left per task is
+  validating and encoding each call in Python (`prepare()`), close to the 20x mark.
+- **Idle load** is one transaction per heartbeat (`PQ_HEARTBEAT_INTERVAL`, 10 s by
+  default): the heartbeat also reaps lost workers' tasks and learns about due schedules and
+  future tasks. The counter is the database's own (`pg_stat_database.xact_commit`), so any
+  other transaction in that database in the window, autovacuum's included, counts too.
+"""
 
 METHOD = """
 - **Drain**: the tasks are written in one transaction, then the worker starts (django-pq
