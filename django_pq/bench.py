@@ -297,6 +297,7 @@ def measure_idle_load(config: BenchConfig) -> dict[str, Any]:
         # Let the start-up chores pass and reach the counters: an idle backend publishes
         # its statistics up to 10 s late (PostgreSQL's PGSTAT_IDLE_INTERVAL).
         time.sleep(11.0)
+        _commits()  # connect (and set the session's time zone) before the window opens
         first = _commits()
         started = time.perf_counter()
         time.sleep(config.idle_seconds)
