@@ -108,3 +108,19 @@ def static_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.copytree(source, root, dirs_exist_ok=True)
     with override_settings(STATIC_ROOT=str(root)):
         yield root
+
+
+def submit_and_read_message(driver: Any, button: Any) -> str:
+    """Press ``button`` and return the first message of the page it leads to.
+
+    Waits for the old page to go away first: it may show the no-worker banner, which is
+    styled as a message list too, and reading that would race with the navigation.
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+
+    old_page = driver.find_element(By.TAG_NAME, "html")
+    button.click()
+    wait_for(driver, expected_conditions.staleness_of(old_page))
+    selector = ".messagelist:not(.pq-no-worker) li"
+    return str(wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, selector))[0].text)

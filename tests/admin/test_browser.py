@@ -15,7 +15,7 @@ from django.urls import reverse
 import django_pq as pq
 from django_pq.models import Periodic, Status, Task, Worker
 from django_pq.schedules import schedule
-from tests.admin.browser import screenshot, wait_for
+from tests.admin.browser import screenshot, submit_and_read_message, wait_for
 from tests.testapp import tasks
 from tests.worker.conftest import WorkerProcess, run_burst, wait_until
 
@@ -49,9 +49,9 @@ def run_action(browser: Any, action: str, row_text: str) -> str:
     (row,) = [row for row in rows if row_text in row.text]
     row.find_element(By.CSS_SELECTOR, "input.action-select").click()
     Select(browser.find_element(By.NAME, "action")).select_by_value(action)
-    browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
-    message = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".messagelist li"))
-    return str(message[0].text)
+    return submit_and_read_message(
+        browser, browser.find_element(By.CSS_SELECTOR, "button[name=index]")
+    )
 
 
 def test_pause_resume_and_run_a_schedule_and_watch_the_run(
@@ -108,9 +108,8 @@ def test_retry_a_failed_task(
     assert "ValueError: this task always fails" in browser.page_source
     screenshot(browser, "task_failed")
 
-    browser.find_element(By.CSS_SELECTOR, "form.pq-object-action button").click()
-    message = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".messagelist li"))
-    assert message[0].text == "Retried 1 task."
+    retry = browser.find_element(By.CSS_SELECTOR, "form.pq-object-action button")
+    assert submit_and_read_message(browser, retry) == "Retried 1 task."
     assert Task.objects.get(pk=failing.pk).status == Status.PENDING
 
     run_burst(start_worker)
