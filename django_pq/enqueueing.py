@@ -280,14 +280,51 @@ def _task_id(task: Task | int) -> int:
     return task.pk if isinstance(task, Task) else int(task)
 
 
-def _change(sql: str, task: Task | int) -> bool:
-    task_id = _task_id(task)
+def _change(sql: str, task_ids: list[int]) -> list[tuple[int, str]]:
+    """Run one cancel/retry statement over ``task_ids``; return (id, new status) per change."""
     with connections[pq_settings.DATABASE].cursor() as cursor:
-        cursor.execute(sql, [task_id, pq_settings.NOTIFY_CHANNEL])
-        changed = cursor.fetchone() is not None
+        cursor.execute(sql, [task_ids, pq_settings.NOTIFY_CHANNEL])
+        return [(task_id, status) for task_id, status, _ in cursor.fetchall()]
+
+
+def _change_one(sql: str, task: Task | int) -> bool:
+    task_id = _task_id(task)
+    changed = bool(_change(sql, [task_id]))
     if not changed and not Task.objects.using(pq_settings.DATABASE).filter(pk=task_id).exists():
         raise Task.DoesNotExist(f"There is no task with id {task_id}.")
     return changed
+
+
+# pending → cancelled at once; running → marked, for its worker to stop (told by NOTIFY).
+_CANCEL = """
+    WITH changed AS (
+        UPDATE pq_tasks SET
+            status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
+            error_code = CASE WHEN status = 'pending' THEN 'cancelled' ELSE error_code END,
+            error = CASE WHEN status = 'pending' THEN 'Cancelled before it started.'
+                    ELSE error END,
+            finished_at = CASE WHEN status = 'pending' THEN now() ELSE finished_at END,
+            is_cancel_requested = (status = 'running'),
+            requeue = NULL
+        WHERE id = ANY(%s) AND status IN ('pending', 'running')
+        RETURNING id, status
+    )
+    SELECT id, status, CASE WHEN status = 'running' THEN pg_notify(%s, 'c:' || id::text) END
+    FROM changed
+"""
+
+# failed/cancelled → pending, due now; idle workers of its queue are woken.
+_RETRY = """
+    WITH changed AS (
+        UPDATE pq_tasks SET
+            status = 'pending', run_at = now(), started_at = NULL, finished_at = NULL,
+            result = NULL, worker_id = NULL, run_token = NULL, is_cancel_requested = false
+        WHERE id = ANY(%s) AND status IN ('failed', 'cancelled')
+        RETURNING id, status, queue
+    )
+    SELECT id, status, pg_notify(%s, 't:' || extract(epoch FROM now())::text || ':' || queue)
+    FROM changed
+"""
 
 
 def cancel(task: Task | int) -> bool:
@@ -296,23 +333,7 @@ def cancel(task: Task | int) -> bool:
     A pending task becomes ``cancelled`` at once. A running task is marked, and its worker
     stops it and records ``cancelled``; a version parked on it by ``upsert`` is dropped.
     """
-    sql = """
-        WITH changed AS (
-            UPDATE pq_tasks SET
-                status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
-                error_code = CASE WHEN status = 'pending' THEN 'cancelled' ELSE error_code END,
-                error = CASE WHEN status = 'pending' THEN 'Cancelled before it started.'
-                        ELSE error END,
-                finished_at = CASE WHEN status = 'pending' THEN now() ELSE finished_at END,
-                is_cancel_requested = (status = 'running'),
-                requeue = NULL
-            WHERE id = %s AND status IN ('pending', 'running')
-            RETURNING id, status
-        )
-        SELECT id, CASE WHEN status = 'running' THEN pg_notify(%s, 'c:' || id::text) END
-        FROM changed
-    """
-    return _change(sql, task)
+    return _change_one(_CANCEL, task)
 
 
 def retry(task: Task | int) -> bool:
@@ -321,15 +342,18 @@ def retry(task: Task | int) -> bool:
     Attempts are kept, so a retried task that had used up ``max_attempts`` gets one more run.
     The last error stays visible until the new run ends.
     """
-    sql = """
-        WITH changed AS (
-            UPDATE pq_tasks SET
-                status = 'pending', run_at = now(), started_at = NULL, finished_at = NULL,
-                result = NULL, worker_id = NULL, run_token = NULL, is_cancel_requested = false
-            WHERE id = %s AND status IN ('failed', 'cancelled')
-            RETURNING id, queue
-        )
-        SELECT id, pg_notify(%s, 't:' || extract(epoch FROM now())::text || ':' || queue)
-        FROM changed
+    return _change_one(_RETRY, task)
+
+
+def cancel_many(task_ids: list[int]) -> list[tuple[int, str]]:
+    """:func:`cancel` for many tasks in one statement (the admin's bulk action).
+
+    Returns (id, status) for each task it changed: ``cancelled`` for one that was pending,
+    ``running`` for one whose worker was asked to stop it. Unknown or finished ids are left.
     """
-    return _change(sql, task)
+    return _change(_CANCEL, task_ids)
+
+
+def retry_many(task_ids: list[int]) -> list[int]:
+    """:func:`retry` for many tasks in one statement; returns the ids it put back to pending."""
+    return [task_id for task_id, _ in _change(_RETRY, task_ids)]

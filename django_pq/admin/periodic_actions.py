@@ -8,6 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from django_pq.admin import history
 from django_pq.models import Periodic
 
 
@@ -46,6 +47,7 @@ def _set_active(
         else:
             periodic.pause()
     verb, already = ("Resumed", "already active") if active else ("Paused", "already paused")
+    history.record(request, changing, f"{verb} from the admin.")
     text = f"{verb} {_schedules(len(changing))}"
     if len(selected) > len(changing):
         text += f"; {_schedules(len(selected) - len(changing))} {already}"
@@ -57,13 +59,15 @@ def run_schedules_now(
     modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Periodic]
 ) -> None:
     """Fire one run of each now, leaving ``next_run`` alone and respecting max_concurrent."""
-    fired = skipped = 0
+    fired: list[Periodic] = []
+    skipped = 0
     for periodic in queryset:
         if periodic.run_now() is None:
             skipped += 1
         else:
-            fired += 1
-    text = f"Started {fired} run{'' if fired == 1 else 's'}"
+            fired.append(periodic)
+    history.record(request, fired, "Run started from the admin.")
+    text = f"Started {len(fired)} run{'' if len(fired) == 1 else 's'}"
     if skipped:
         text += (
             f"; {_schedules(skipped)} skipped because max_concurrent runs are still "

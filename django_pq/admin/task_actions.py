@@ -1,8 +1,9 @@
 """The task changelist's actions: retry, cancel, run now, delete finished.
 
 Each action is gated by its own permission (see ``permissions.py``), touches only the
-selected tasks in the states it applies to, goes through the enqueue API (or one
-statement that NOTIFYs like it) so workers hear of the change, and reports counts.
+selected tasks in the states it applies to, with one statement that NOTIFYs like the
+enqueue API so workers hear of the change, reports counts, and records what it changed in
+the admin's history.
 """
 
 from __future__ import annotations
@@ -14,14 +15,24 @@ from django.db import connections
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from django_pq.admin import history
 from django_pq.conf import pq_settings
-from django_pq.enqueueing import cancel, retry
+from django_pq.enqueueing import cancel_many, retry_many
 from django_pq.models import FINISHED_STATUSES, Status, Task
 from django_pq.notify import notifying
 
 
 def _tasks(count: int) -> str:
     return f"{count} task{'' if count == 1 else 's'}"
+
+
+def _changed(task_ids: list[int]) -> QuerySet[Task]:
+    return (
+        Task.objects.using(pq_settings.DATABASE)
+        .filter(pk__in=task_ids)
+        .only("name", "status")
+        .order_by("pk")
+    )
 
 
 def _report(
@@ -40,11 +51,11 @@ def retry_tasks(
     modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Task]
 ) -> None:
     """failed/cancelled → pending, to run now; the last error stays until the new run ends."""
-    selected = list(queryset.values_list("pk", "status"))
-    eligible = [pk for pk, status in selected if status in (Status.FAILED, Status.CANCELLED)]
-    retried = sum(retry(pk) for pk in eligible)
-    done = f"Retried {_tasks(retried)}" if retried else ""
-    _report(modeladmin, request, done, len(selected) - retried, "not failed or cancelled")
+    selected = list(queryset.values_list("pk", flat=True))
+    retried = retry_many(selected)
+    history.record(request, _changed(retried), "Retried from the admin.")
+    done = f"Retried {_tasks(len(retried))}" if retried else ""
+    _report(modeladmin, request, done, len(selected) - len(retried), "not failed or cancelled")
 
 
 @admin.action(description="Cancel selected pending or running tasks", permissions=["cancel"])
@@ -52,14 +63,11 @@ def cancel_tasks(
     modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Task]
 ) -> None:
     """pending → cancelled at once; running → marked, and its worker stops it."""
-    selected = list(queryset.values_list("pk", "status"))
-    cancelled = stopping = 0
-    for pk, status in selected:
-        if status in (Status.PENDING, Status.RUNNING) and cancel(pk):
-            if status == Status.PENDING:
-                cancelled += 1
-            else:
-                stopping += 1
+    selected = list(queryset.values_list("pk", flat=True))
+    changed = cancel_many(selected)
+    history.record(request, _changed([pk for pk, _ in changed]), "Cancelled from the admin.")
+    stopping = sum(status == Status.RUNNING for _, status in changed)
+    cancelled = len(changed) - stopping
     parts = []
     if cancelled:
         parts.append(f"Cancelled {_tasks(cancelled)}")
@@ -88,9 +96,12 @@ def run_tasks_now(
     selected = list(queryset.values_list("pk", flat=True))
     with connections[pq_settings.DATABASE].cursor() as cursor:
         cursor.execute(_RUN_NOW, [selected, pq_settings.NOTIFY_CHANNEL])
-        moved = len(cursor.fetchall())
-    done = f"Moved {_tasks(moved)} to run now" if moved else ""
-    _report(modeladmin, request, done, len(selected) - moved, "not pending with a future run time")
+        moved = [row[0] for row in cursor.fetchall()]
+    history.record(request, _changed(moved), "Moved to run now from the admin.")
+    done = f"Moved {_tasks(len(moved))} to run now" if moved else ""
+    _report(
+        modeladmin, request, done, len(selected) - len(moved), "not pending with a future run time"
+    )
 
 
 @admin.action(description="Delete selected finished tasks", permissions=["delete"])
@@ -99,6 +110,8 @@ def delete_finished_tasks(
 ) -> None:
     """Delete completed, failed and cancelled tasks; pending and running ones stay."""
     selected = queryset.count()
-    deleted, _ = queryset.filter(status__in=FINISHED_STATUSES).delete()
+    finished = queryset.filter(status__in=FINISHED_STATUSES)
+    history.record_deletion(request, finished.only("name", "status"))
+    deleted, _ = finished.delete()
     done = f"Deleted {_tasks(deleted)}" if deleted else ""
     _report(modeladmin, request, done, selected - deleted, "not finished")

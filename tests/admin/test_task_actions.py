@@ -200,3 +200,23 @@ def test_the_detail_page_buttons_post_the_action(admin_client: Client) -> None:
     assert 'value="cancel_tasks"' not in html, "a failed task cannot be cancelled"
     response = post_action(admin_client, "task", "retry_tasks", [failed])
     assert messages_of(response) == ["Retried 1 task."]
+
+
+@pytest.mark.parametrize(
+    ("action", "status"),
+    [("retry_tasks", Status.FAILED), ("cancel_tasks", Status.PENDING)],
+)
+def test_a_bulk_action_costs_the_same_queries_for_one_task_or_many(
+    admin_client: Client, action: str, status: str
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries_for(count: int) -> int:
+        chosen = [make_task(status, error="boom", error_code="exception") for _ in range(count)]
+        with CaptureQueriesContext(connection) as captured:
+            post_action(admin_client, "task", action, chosen)
+        assert {t.status for t in Task.objects.filter(pk__in=[t.pk for t in chosen])} != {status}
+        return len(captured)
+
+    assert queries_for(1) == queries_for(40)
