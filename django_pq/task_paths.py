@@ -37,9 +37,13 @@ def allowed_modules() -> tuple[str, ...]:
     )
 
 
-def is_allowed_module(module: str) -> bool:
-    """Whether ``module`` is one of the allowed modules or inside one (``app`` covers ``app.x``)."""
-    return any(module == prefix or module.startswith(prefix + ".") for prefix in allowed_modules())
+def is_allowed_module(module: str, allowed: tuple[str, ...] | None = None) -> bool:
+    """Whether ``module`` is one of the allowed modules or inside one (``app`` covers ``app.x``).
+
+    ``allowed`` saves reading the settings again when the caller has just done so.
+    """
+    prefixes = allowed_modules() if allowed is None else allowed
+    return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
 
 
 def _unwrap_task_object(func: Any) -> Any:
@@ -86,14 +90,15 @@ def task_path(func: Callable[..., Any]) -> str:
             f"{qualname} is defined in __main__, which a worker cannot import. "
             "Move it into a module of one of your installed apps."
         )
-    if not is_allowed_module(module):
+    allowed = allowed_modules()
+    if not is_allowed_module(module, allowed):
         raise NotATaskFunction(
             f"{module}.{qualname} is outside the modules allowed to run tasks "
-            f"({', '.join(allowed_modules()) or 'none'}). {_ALLOWED_MODULES_HINT}"
+            f"({', '.join(allowed) or 'none'}). {_ALLOWED_MODULES_HINT}"
         )
     path = f"{module}:{qualname}"
     try:
-        resolved = resolve(path)
+        resolved = resolve(path, allowed)
     except NotATaskFunction:
         resolved = None
     if _unwrap_task_object(resolved) is not func:
@@ -105,8 +110,9 @@ def task_path(func: Callable[..., Any]) -> str:
     return path
 
 
-def resolve(path: str) -> Callable[..., Any]:
-    """Import the function named ``module.path:qualname``, only from allowed modules.
+def resolve(path: str, allowed: tuple[str, ...] | None = None) -> Callable[..., Any]:
+    """Import the function named ``module.path:qualname``, only from allowed modules
+    (``allowed``, or those of the settings).
 
     Raises :class:`NotATaskFunction` without importing anything when the module is not
     allowed, and when the name is malformed or does not lead to a callable.
@@ -114,7 +120,7 @@ def resolve(path: str) -> Callable[..., Any]:
     module_name, separator, qualname = path.partition(":")
     if not separator or not module_name or not qualname:
         raise NotATaskFunction(f"{path!r} is not a task name of the form 'module.path:function'.")
-    if not is_allowed_module(module_name):
+    if not is_allowed_module(module_name, allowed):
         raise NotATaskFunction(
             f"{module_name} is not an allowed task module. {_ALLOWED_MODULES_HINT}"
         )

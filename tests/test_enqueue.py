@@ -50,6 +50,20 @@ class TestEnqueue:
         assert (stored.client_id, stored.max_attempts, stored.max_runtime) == ("c-1", 3, 90.0)
         assert stored.attempts == 0 and stored.run_token is None
 
+    def test_the_returned_task_is_the_stored_row_field_for_field(self):
+        returned = [
+            pq.enqueue(tasks.add, 1, b={"nested": [1, 2]}, client_id="whole", max_runtime=5),
+            pq.upsert(tasks.add, 2, client_id="upserted"),
+            *pq.enqueue_many([pq.prepare(tasks.noop), pq.prepare(tasks.add, 3, 4)]),
+        ]
+        for task in returned:
+            stored = Task.objects.get(pk=task.pk)
+            for field in Task._meta.concrete_fields:
+                assert getattr(task, field.attname) == getattr(stored, field.attname), field.name
+            assert task._state.db == "default" and not task._state.adding
+        assert returned[0].payload == Task.objects.get(pk=returned[0].pk).payload
+        assert isinstance(returned[0].payload, dict)
+
     def test_default_run_at_is_the_database_clock(self):
         with transaction.atomic():
             now = db_now()
