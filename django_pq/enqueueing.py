@@ -24,7 +24,7 @@ from django_pq.codec import encode_payload
 from django_pq.conf import pq_settings
 from django_pq.exceptions import DuplicateClientId, TaskRefused
 from django_pq.models import VERSION_FIELDS, Priority, Task
-from django_pq.notify import column_arrays, notifying
+from django_pq.notify import notifying
 from django_pq.task_paths import task_path
 
 __all__ = ["PreparedTask", "cancel", "enqueue", "enqueue_many", "prepare", "retry", "upsert"]
@@ -181,16 +181,16 @@ def _with_notify(modifying_sql: str) -> str:
     return notifying(modifying_sql, columns)
 
 
-def _array_params(prepared: list[PreparedTask]) -> list[Any]:
-    params = column_arrays(prepared, _ARRAY_COLUMNS)
-    params[2] = [json.dumps(payload) for payload in params[2]]
-    return params
-
-
 def _row_params(prepared: PreparedTask) -> list[Any]:
+    """One task's values in ``_ARRAY_COLUMNS`` order, the payload as JSON text."""
     params = [getattr(prepared, column) for column in _ARRAY_COLUMNS]
     params[2] = json.dumps(params[2])
     return params
+
+
+def _array_params(prepared: list[PreparedTask]) -> list[Any]:
+    """The same values as one array per column, for ``_ROWS``."""
+    return [list(column) for column in zip(*map(_row_params, prepared), strict=True)]
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from django_pq.admin import display
 from django_pq.admin.bases import PeriodicModelAdmin
 from django_pq.admin.liveness import with_worker_banner
 from django_pq.admin.periodic_actions import pause_schedules, resume_schedules, run_schedules_now
-from django_pq.admin.periodic_form import CRON, PeriodicForm, interval_from
+from django_pq.admin.periodic_form import CRON, OPTION_FIELDS, PeriodicForm, interval_from
 from django_pq.admin.permissions import PAUSE_PERIODIC, RUN_PERIODIC_NOW, has_pq_perm
 from django_pq.conf import pq_settings
 from django_pq.exceptions import InvalidSchedule
@@ -101,16 +101,7 @@ class PeriodicAdmin(PeriodicModelAdmin):
         ),
         (
             "Options",
-            {
-                "fields": [
-                    "priority",
-                    "queue",
-                    "max_concurrent",
-                    "max_runtime",
-                    "max_attempts",
-                    "client_id",
-                ]
-            },
+            {"fields": OPTION_FIELDS},
         ),
     ]
     status_fieldset = (
@@ -161,12 +152,7 @@ class PeriodicAdmin(PeriodicModelAdmin):
                             "cron",
                             "timezone",
                             "active",
-                            "priority",
-                            "queue",
-                            "max_concurrent",
-                            "max_runtime",
-                            "max_attempts",
-                            "client_id",
+                            *OPTION_FIELDS,
                         ]
                     },
                 ),

@@ -83,6 +83,10 @@ def _bound(field: forms.Field, low: int, high: int | None = None) -> None:
         field.widget.attrs["max"] = high
 
 
+#: How a schedule's runs are enqueued: the "Options" of the schedule form and page.
+OPTION_FIELDS = ("priority", "queue", "max_concurrent", "max_runtime", "max_attempts", "client_id")
+
+
 class PeriodicForm(PeriodicModelForm):
     """Create or edit a schedule. ``name`` and ``payload`` are built from the fields below."""
 
@@ -118,17 +122,7 @@ class PeriodicForm(PeriodicModelForm):
 
     class Meta:
         model = Periodic
-        fields = [
-            "key",
-            "timezone",
-            "priority",
-            "queue",
-            "max_concurrent",
-            "max_runtime",
-            "max_attempts",
-            "client_id",
-            "active",
-        ]
+        fields = ["key", "timezone", *OPTION_FIELDS, "active"]
         help_texts = {
             "priority": "0 (BATCH) to 100 (CRITICAL); LOW 25, NORMAL 50, HIGH 75.",
             "timezone": "The wall clock a cron runs on.",
