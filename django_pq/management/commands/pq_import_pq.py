@@ -1,29 +1,34 @@
 """``manage.py pq_import_pq --schema OLD``: copy pq 0.9's tasks and schedules into django-pq.
 
 pq (``python-pq``) and django-pq both name their tables ``pq_tasks`` and ``pq_periodic``, so
-an existing pq installation has to live in another schema of the same database (move it
-with ``ALTER TABLE pq_tasks SET SCHEMA pq_old`` and the same for ``pq_periodic``). This
-command reads that schema and writes django-pq rows in one transaction: all or nothing.
+an existing pq installation has to live in another schema of the same database (see
+``docs/how-to/from-pq.md``). This command reads that schema and writes django-pq rows in one
+transaction: all or nothing. Every row it cannot bring over safely is listed with the reason,
+and then nothing is written.
 
-It refuses, saying why, when the schema is not pq's, when pq tasks are still running (stop
-pq's workers first), when a row's arguments were pickled with dill (django-pq never loads
-those), when a function is outside django-pq's allowed modules, or when a ``client_id`` or
-schedule already exists on the django-pq side. ``--dry-run`` checks without writing.
+A re-run copies only what the last runs did not: each copied row is recorded in
+``OLD.django_pq_imported`` (pq's table and id, django-pq's id), a table in pq's schema, so
+django-pq's tables keep no trace of pq and a task that already ran and was pruned is not
+copied again.
 """
 
 from __future__ import annotations
 
+import base64
+import importlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections, transaction
+from django.db import OperationalError, connections, transaction
 
 from django_pq.codec import encode_payload
 from django_pq.conf import pq_settings
+from django_pq.exceptions import InvalidSchedule, UnserializableArgument
 from django_pq.models import ErrorCode, Periodic, Status, Task
+from django_pq.schedules import validate_cron
 from django_pq.task_paths import is_allowed_module
 
 #: Columns of pq 0.9's tables that the import reads.
@@ -43,6 +48,7 @@ PQ_TASK_COLUMNS = (
     "max_runtime_seconds",
 )
 PQ_PERIODIC_COLUMNS = (
+    "id",
     "client_id",
     "name",
     "key",
@@ -56,33 +62,84 @@ PQ_PERIODIC_COLUMNS = (
     "max_runtime_seconds",
     "last_run",
 )
+#: pq's ``task_status`` enum stores its member names in capitals (``'PENDING'``); the
+#: statuses are compared in lower case so they read as django-pq's.
 FINISHED = ("completed", "failed")
+#: The table in pq's schema that records what was copied, so a re-run skips it.
+IMPORTED = "django_pq_imported"
+#: How long to wait for a pq process that still writes to pq's tables.
+LOCK_TIMEOUT = "5s"
+
+Unpickle = Callable[[Any], Any]
+Row = TypeVar("Row", Task, Periodic)
 
 
 class Refused(CommandError):
     """The import cannot be done safely; the message says why and what to do."""
 
 
+class RowRefused(Exception):
+    """One source row cannot be copied; the message says why."""
+
+
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _payload(raw: Any, where: str) -> dict[str, Any]:
-    """pq's payload (plain JSON, optionally with dill pickles) in django-pq's codec."""
-    data = _json(raw) or {}
-    if data.get("pickled_args") or data.get("pickled_kwargs"):
+def _dill_unpickler() -> Unpickle:
+    try:
+        dill = importlib.import_module("dill")  # only needed with --decode-pickles
+    except ImportError:
         raise Refused(
-            f"{where} has arguments pickled with dill, which django-pq never unpickles (the "
-            "database is not a code channel). Re-enqueue it by hand with JSON arguments, or "
-            "delete it from the pq schema, then run the import again."
+            "--decode-pickles needs dill, the library pq pickled with: pip install dill "
+            "(in the environment this command runs in), then run the import again."
+        ) from None
+
+    def unpickle(value: Any) -> Any:
+        return dill.loads(base64.b64decode(str(value).encode("ascii")))
+
+    return unpickle
+
+
+def _payload(raw: Any, unpickle: Unpickle | None) -> dict[str, Any]:
+    """pq's payload (JSON, with dill pickles marked in ``pickled_args``/``pickled_kwargs``)
+    in django-pq's codec. Raises :class:`RowRefused` when it cannot be carried over."""
+    data = _json(raw) or {}
+    args, kwargs = list(data.get("args", [])), dict(data.get("kwargs", {}))
+    # (where the value sits, its index or key, how an error names it)
+    pickled: list[tuple[Any, Any, str]] = [
+        (args, int(i), f"positional argument {int(i) + 1}") for i in data.get("pickled_args") or []
+    ]
+    pickled += [(kwargs, key, f"argument {key!r}") for key in data.get("pickled_kwargs") or []]
+    if pickled and unpickle is None:
+        raise RowRefused(
+            f"arguments pickled with dill ({', '.join(where for _, _, where in pickled)}); "
+            "pass --decode-pickles to decode them"
         )
-    return encode_payload(tuple(data.get("args", [])), dict(data.get("kwargs", {})))
+    for container, index, where in pickled:
+        assert unpickle is not None
+        try:
+            container[index] = unpickle(container[index])
+        except Exception as error:  # any failure to unpickle refuses the row
+            raise RowRefused(f"{where} could not be unpickled: {error!r}") from None
+    try:
+        return encode_payload(tuple(args), kwargs)
+    except UnserializableArgument as error:
+        raise RowRefused(str(error)) from None
+
+
+def _priority(value: Any) -> int:
+    priority = int(value)
+    if not 0 <= priority <= 100:
+        raise RowRefused(f"priority {priority} is outside django-pq's 0..100")
+    return priority
 
 
 class Command(BaseCommand):
     help = (
         "Copy tasks and schedules from pq 0.9 tables in another schema of the same database "
-        "into django-pq's tables, in one transaction."
+        "into django-pq's tables, in one transaction. Rows already copied by an earlier run "
+        "are skipped. Exit codes: 0 copied (or checked), 1 refused, 2 bad usage."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -95,32 +152,53 @@ class Command(BaseCommand):
             help="Also copy completed and failed tasks (default: pending ones only).",
         )
         parser.add_argument(
+            "--decode-pickles",
+            action="store_true",
+            help="Decode the arguments pq pickled with dill (every datetime, Decimal, UUID, "
+            "set, bytes, ...) and store them in django-pq's JSON codec. This runs pickle "
+            "(dill.loads) on the data in pq's tables, which can execute any code: use it only "
+            "on your own pq data. Needs dill installed (default: off, such rows are refused).",
+        )
+        parser.add_argument(
             "--dry-run", action="store_true", help="Check and count, write nothing."
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         schema = options["schema"]
+        if not schema.strip():
+            raise CommandError("--schema must name a schema, e.g. --schema pq_old.", returncode=2)
+        unpickle = _dill_unpickler() if options["decode_pickles"] else None
+        statuses = ["pending", *(FINISHED if options["include_finished"] else ())]
         alias = pq_settings.DATABASE
         with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
             self._check_schema(cursor, schema)
-            statuses = ["pending", *(FINISHED if options["include_finished"] else ())]
-            tasks = self._read(cursor, schema, "pq_tasks", PQ_TASK_COLUMNS, statuses)
-            schedules = self._read(cursor, schema, "pq_periodic", PQ_PERIODIC_COLUMNS)
+            self._lock(cursor, schema)
             self._check_running(cursor, schema)
-            new_tasks = [self._task(row) for row in tasks]
-            new_schedules = [self._schedule(row) for row in schedules]
-            self._check_names({t.name for t in new_tasks} | {p.name for p in new_schedules})
-            self._check_conflicts(new_tasks, new_schedules)
+            cursor.execute(
+                f"CREATE TABLE IF NOT EXISTS {_table(schema, IMPORTED)} ("
+                "source varchar(20) NOT NULL, source_id bigint NOT NULL, target_id bigint NOT "
+                "NULL, imported_at timestamptz NOT NULL DEFAULT now(), "
+                "PRIMARY KEY (source, source_id))"
+            )
+            task_rows = self._read(cursor, schema, "pq_tasks", PQ_TASK_COLUMNS, statuses)
+            schedule_rows = self._read(cursor, schema, "pq_periodic", PQ_PERIODIC_COLUMNS)
+            problems: list[str] = []
+            tasks = self._convert(task_rows, "task", self._task, unpickle, problems)
+            schedules = self._convert(schedule_rows, "schedule", self._schedule, unpickle, problems)
+            problems += self._conflicts(tasks, schedules)
+            if problems:
+                raise Refused(self._refusal(schema, problems))
+            skipped = self._count_imported(cursor, schema)
             if options["dry_run"]:
                 transaction.set_rollback(True, using=alias)
                 verb = "Would copy"
             else:
-                Task.objects.using(alias).bulk_create(new_tasks, batch_size=1000)
-                Periodic.objects.using(alias).bulk_create(new_schedules, batch_size=1000)
+                self._write(cursor, schema, tasks, schedules)
                 verb = "Copied"
         self.stdout.write(
-            f"{verb} {len(new_tasks)} task(s) and {len(new_schedules)} schedule(s) from "
-            f"{schema}. The pq tables are left as they were; drop them when you are done."
+            f"{verb} {len(tasks)} task(s) and {len(schedules)} schedule(s) from {schema}; "
+            f"{skipped} row(s) copied by an earlier run were skipped. The pq tables are left "
+            "as they were; drop them once you have checked the copy."
         )
 
     def _check_schema(self, cursor: Any, schema: str) -> None:
@@ -128,9 +206,10 @@ class Command(BaseCommand):
         if cursor.fetchone()[0] == schema:
             raise Refused(
                 f"{schema} is the schema django-pq's own tables live in. pq's tables share "
-                "their names, so pq's must be moved to another schema first: CREATE SCHEMA "
-                "pq_old; ALTER TABLE pq_tasks SET SCHEMA pq_old; (and pq_periodic), before "
-                "django-pq's migrations run. Then: manage.py pq_import_pq --schema pq_old."
+                "their names, so pq's must be moved to another schema first (CREATE SCHEMA "
+                "pq_old; ALTER TABLE pq_tasks SET SCHEMA pq_old; and the same for pq_periodic, "
+                "pq_schema_version and the type task_status), before django-pq's migrations "
+                "run. Then: manage.py pq_import_pq --schema pq_old."
             )
         for table, columns in (("pq_tasks", PQ_TASK_COLUMNS), ("pq_periodic", PQ_PERIODIC_COLUMNS)):
             cursor.execute(
@@ -152,60 +231,111 @@ class Command(BaseCommand):
                     "Upgrade pq to 0.9.1 and run its migrations before importing."
                 )
 
+    def _lock(self, cursor: Any, schema: str) -> None:
+        """Keep pq (and a second import) from writing the source rows while they are copied."""
+        cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        try:
+            cursor.execute(
+                f"LOCK TABLE {_table(schema, 'pq_tasks')}, {_table(schema, 'pq_periodic')} "
+                "IN SHARE ROW EXCLUSIVE MODE"
+            )
+        except OperationalError:
+            raise Refused(
+                f"Something is still writing to {schema}'s pq tables (a pq worker, or another "
+                f"import), so they could not be locked within {LOCK_TIMEOUT}. Stop pq's workers "
+                "and run the import again."
+            ) from None
+
+    def _check_running(self, cursor: Any, schema: str) -> None:
+        cursor.execute(
+            f"SELECT count(*) FROM {_table(schema, 'pq_tasks')} "
+            "WHERE lower(status::text) = 'running'"
+        )
+        running = cursor.fetchone()[0]
+        if running:
+            raise Refused(
+                f"{running} pq task(s) are still running. Stop pq's workers (they would finish "
+                "rows that were already copied), let the rows settle, and run the import again. "
+                "If no pq worker is left, the rows were left by one that died: decide their "
+                f"fate in pq's table (UPDATE {schema}.pq_tasks SET status = 'FAILED' WHERE "
+                "status = 'RUNNING', or 'PENDING' to run them again), then import."
+            )
+
     def _read(
         self,
         cursor: Any,
         schema: str,
         table: str,
-        columns: Iterable[str],
+        columns: tuple[str, ...],
         statuses: list[str] | None = None,
     ) -> list[dict[str, Any]]:
-        names = list(columns)
-        quoted = ", ".join(f'"{name}"' for name in names)
-        source = f'"{schema.replace(chr(34), chr(34) * 2)}".{table}'
-        where = " WHERE status::text = ANY(%s) ORDER BY id" if statuses else ""
-        cursor.execute(f"SELECT {quoted} FROM {source}{where}", [statuses] if statuses else [])
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        """The rows of ``table`` that no earlier run copied, in id order."""
+        quoted = ", ".join(f'row."{name}"' for name in columns)
+        where = " AND lower(row.status::text) = ANY(%s)" if statuses else ""
+        cursor.execute(
+            f"SELECT {quoted} FROM {_table(schema, table)} row WHERE NOT EXISTS (SELECT 1 FROM "
+            f"{_table(schema, IMPORTED)} done WHERE done.source = %s AND done.source_id = row.id)"
+            f"{where} ORDER BY row.id",
+            [table, statuses] if statuses else [table],
+        )
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
 
-    def _check_running(self, cursor: Any, schema: str) -> None:
-        quoted = schema.replace('"', '""')
-        cursor.execute(f"SELECT count(*) FROM \"{quoted}\".pq_tasks WHERE status::text = 'running'")
-        running = cursor.fetchone()[0]
-        if running:
-            raise Refused(
-                f"{running} pq task(s) are still running. Stop pq's workers (they would finish "
-                "rows that were already copied), let the rows settle, and run the import again."
-            )
+    def _convert(
+        self,
+        rows: list[dict[str, Any]],
+        kind: str,
+        convert: Callable[[dict[str, Any], Unpickle | None], Row],
+        unpickle: Unpickle | None,
+        problems: list[str],
+    ) -> list[tuple[int, Row]]:
+        """``(pq id, new row)`` for each row; a row that cannot be copied adds a problem."""
+        converted = []
+        for row in rows:
+            try:
+                converted.append((row["id"], convert(row, unpickle)))
+            except RowRefused as error:
+                problems.append(f"pq {kind} {row['id']} ({row['name']}): {error}")
+        return converted
 
-    def _task(self, row: dict[str, Any]) -> Task:
-        status = str(row["status"])
-        failed = status == "failed"
+    def _task(self, row: dict[str, Any], unpickle: Unpickle | None) -> Task:
+        status = str(row["status"]).lower()
+        finished = status in FINISHED
+        self._check_name(row["name"])
         return Task(
             name=row["name"],
-            payload=_payload(row["payload"], f"pq task {row['id']} ({row['name']})"),
-            priority=min(max(int(row["priority"]), 0), 100),
+            payload=_payload(row["payload"], unpickle),
+            priority=_priority(row["priority"]),
             status=Status(status),
             run_at=row["run_at"],
             created_at=row["created_at"],
-            started_at=row["started_at"] if status in FINISHED else None,
-            finished_at=row["completed_at"] if status in FINISHED else None,
-            attempts=row["attempts"] if status in FINISHED else 0,
-            max_attempts=max(1, int(row["attempts"] or 0)) if status in FINISHED else 1,
+            started_at=row["started_at"] if finished else None,
+            finished_at=row["completed_at"] if finished else None,
+            attempts=row["attempts"] if finished else 0,
+            # pq runs a task at most once.
+            max_attempts=max(1, int(row["attempts"] or 0)) if finished else 1,
             max_runtime=row["max_runtime_seconds"],
             client_id=row["client_id"],
             error=row["error"] or "",
-            error_code=ErrorCode.EXCEPTION if failed else "",
+            error_code=ErrorCode.EXCEPTION if status == "failed" else "",
         )
 
-    def _schedule(self, row: dict[str, Any]) -> Periodic:
-        every = row["run_every"]
+    def _schedule(self, row: dict[str, Any], unpickle: Unpickle | None) -> Periodic:
+        self._check_name(row["name"])
+        every, cron = row["run_every"], row["cron"]
+        if cron:
+            try:
+                cron = validate_cron(cron)
+            except InvalidSchedule as error:
+                raise RowRefused(str(error)) from None
+        elif not isinstance(every, timedelta) or every <= timedelta(0):
+            raise RowRefused(f"run_every {every!r} is not a positive interval")
         return Periodic(
             name=row["name"],
             key=row["key"] or "",
-            payload=_payload(row["payload"], f"pq schedule {row['name']}[{row['key']}]"),
-            priority=min(max(int(row["priority"]), 0), 100),
-            run_every=every if isinstance(every, timedelta) else None,
-            cron=row["cron"] or None,
+            payload=_payload(row["payload"], unpickle),
+            priority=_priority(row["priority"]),
+            run_every=None if cron else every,
+            cron=cron or None,
             timezone="UTC",  # pq evaluates cron in UTC
             next_run=row["next_run"],
             last_run=row["last_run"],
@@ -215,35 +345,86 @@ class Command(BaseCommand):
             client_id=row["client_id"],
         )
 
-    def _check_names(self, names: set[str]) -> None:
-        refused = sorted(name for name in names if not is_allowed_module(name.partition(":")[0]))
-        if refused:
-            raise Refused(
-                f"These functions are outside django-pq's allowed modules, so a worker would "
-                f"refuse to run them: {', '.join(refused)}. Add their modules to "
-                "PQ_ALLOWED_MODULES (or move them into an installed app) and import again."
+    def _check_name(self, name: str) -> None:
+        if not is_allowed_module(name.partition(":")[0]):
+            raise RowRefused(
+                "its module is outside django-pq's allowed modules, so a worker would refuse "
+                "to run it (add the module to PQ_ALLOWED_MODULES, or move it into an installed app)"
             )
 
-    def _check_conflicts(self, tasks: list[Task], schedules: list[Periodic]) -> None:
-        client_ids = [task.client_id for task in tasks if task.client_id]
-        client_ids += [schedule.client_id for schedule in schedules if schedule.client_id]
-        taken = set(
-            Task.objects.filter(client_id__in=client_ids).values_list("client_id", flat=True)
+    def _conflicts(
+        self, tasks: list[tuple[int, Task]], schedules: list[tuple[int, Periodic]]
+    ) -> list[str]:
+        """Rows that would take a ``client_id`` or schedule that django-pq already has."""
+        alias = pq_settings.DATABASE
+        task_ids = set(
+            Task.objects.using(alias)
+            .filter(client_id__in=[t.client_id for _, t in tasks if t.client_id])
+            .values_list("client_id", flat=True)
         )
-        taken |= set(
-            Periodic.objects.filter(client_id__in=client_ids).values_list("client_id", flat=True)
+        schedule_ids = set(
+            Periodic.objects.using(alias)
+            .filter(client_id__in=[s.client_id for _, s in schedules if s.client_id])
+            .values_list("client_id", flat=True)
         )
-        existing = {
-            (name, key)
-            for name, key in Periodic.objects.values_list("name", "key")
-            if any(s.name == name and s.key == key for s in schedules)
-        }
-        if taken or existing:
-            shown = sorted(str(c) for c in taken) + [
-                f"schedule {name}[{key}]" for name, key in sorted(existing)
+        names = {s.name for _, s in schedules}
+        keys = set(Periodic.objects.using(alias).filter(name__in=names).values_list("name", "key"))
+        problems = [
+            f"pq task {pq_id} ({task.name}): client_id {task.client_id!r} is already taken in "
+            "django-pq"
+            for pq_id, task in tasks
+            if task.client_id in task_ids
+        ]
+        for pq_id, schedule in schedules:
+            if schedule.client_id in schedule_ids:
+                problems.append(
+                    f"pq schedule {pq_id} ({schedule.name}): client_id {schedule.client_id!r} "
+                    "is already taken in django-pq"
+                )
+            if (schedule.name, schedule.key) in keys:
+                problems.append(
+                    f"pq schedule {pq_id} ({schedule.name}): django-pq already has a schedule "
+                    f"of this function with key {schedule.key!r} (declared in code?)"
+                )
+        return problems
+
+    def _refusal(self, schema: str, problems: list[str]) -> str:
+        return "\n".join(
+            [
+                f"Nothing was copied: {len(problems)} row(s) of {schema} cannot be brought over "
+                "as they are:",
+                *(f"  - {problem}" for problem in problems),
+                "Fix each in pq's tables or in django-pq and run the import again. Priorities: "
+                f"UPDATE {schema}.pq_tasks SET priority = LEAST(GREATEST(priority, 0), 100) "
+                f"(and {schema}.pq_periodic) keeps pq's order within 0..100. Rows you do not "
+                f"want: DELETE them from {schema}. A taken client_id or schedule: delete it on "
+                "one side.",
             ]
-            raise Refused(
-                f"Already present in django-pq: {', '.join(shown[:10])}"
-                f"{' ...' if len(shown) > 10 else ''}. Was the import run before? Delete "
-                "those rows on one side, then run it again."
+        )
+
+    def _count_imported(self, cursor: Any, schema: str) -> int:
+        cursor.execute(f"SELECT count(*) FROM {_table(schema, IMPORTED)}")
+        count: int = cursor.fetchone()[0]
+        return count
+
+    def _write(
+        self,
+        cursor: Any,
+        schema: str,
+        tasks: list[tuple[int, Task]],
+        schedules: list[tuple[int, Periodic]],
+    ) -> None:
+        alias = pq_settings.DATABASE
+        Task.objects.using(alias).bulk_create([t for _, t in tasks], batch_size=1000)
+        Periodic.objects.using(alias).bulk_create([s for _, s in schedules], batch_size=1000)
+        for source, pairs in (("pq_tasks", tasks), ("pq_periodic", schedules)):
+            cursor.execute(
+                f"INSERT INTO {_table(schema, IMPORTED)} (source, source_id, target_id) "
+                "SELECT %s, unnest(%s::bigint[]), unnest(%s::bigint[])",
+                [source, [pq_id for pq_id, _ in pairs], [row.pk for _, row in pairs]],
             )
+
+
+def _table(schema: str, table: str) -> str:
+    """``"schema".table``, with the schema quoted as an identifier."""
+    return '"{}".{}'.format(schema.replace('"', '""'), table)
