@@ -3,7 +3,8 @@
 pq 0.9.1 requires Python >=3.13,<3.15, so the virtualenv needs such an interpreter: the
 one in ``DJANGO_PQ_REALPQ_PYTHON``, else ``python3.13``/``python3.14`` on PATH, else
 pyenv's. The virtualenv lives in ``DJANGO_PQ_REALPQ_CACHE`` (default ``.tox/realpq`` in the
-checkout) and is made again only when it cannot import pq 0.9.1.
+checkout) and is made again only when it cannot import pq 0.9.1. Without such a Python the
+tests skip, saying why; with ``DJANGO_PQ_REALPQ_REQUIRED`` set (CI) they fail instead.
 """
 
 from __future__ import annotations

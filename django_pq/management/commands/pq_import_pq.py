@@ -245,6 +245,7 @@ class Command(BaseCommand):
                 f"import), so they could not be locked within {LOCK_TIMEOUT}. Stop pq's workers "
                 "and run the import again."
             ) from None
+        cursor.execute("SET LOCAL lock_timeout = DEFAULT")
 
     def _check_running(self, cursor: Any, schema: str) -> None:
         cursor.execute(
