@@ -249,12 +249,16 @@ def test_every_row_that_cannot_come_over_is_listed_and_nothing_is_written(
     no_dill = installation.pq_import("--decode-pickles", dill=False)
     assert no_dill.returncode == 1 and "pip install dill" in no_dill.stderr
 
-    # A function outside the allowed modules: every row is listed, not just the first.
+    # Functions outside the allowed modules: every row is listed, each with all its reasons.
     everything = {(row["kind"], row["id"], row["name"]) for row in raw}
-    disallowed = installation.pq_import("--decode-pickles", allowed=False)
+    disallowed = installation.pq_import(allowed=False)
     assert disallowed.returncode == 1
     assert refused_rows(disallowed.stderr) == everything
-    assert "outside django-pq's allowed modules" in disallowed.stderr
+    reasons = {
+        (kind, int(pq_id)): why for kind, pq_id, _, why in REFUSED_LINE.findall(disallowed.stderr)
+    }
+    assert all("outside django-pq's allowed modules" in why for why in reasons.values())
+    assert all("pickled with dill" in reasons[kind, pq_id] for kind, pq_id, _ in pickled)
 
     assert installation.sql("SELECT count(*) AS n FROM pq_tasks") == [{"n": 0}]
     assert installation.sql("SELECT count(*) AS n FROM pq_periodic") == [{"n": 0}]

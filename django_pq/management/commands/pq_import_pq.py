@@ -70,6 +70,8 @@ IMPORTED = "django_pq_imported"
 #: How long to wait for a pq process that still writes to pq's tables.
 LOCK_TIMEOUT = "5s"
 
+PRIORITY_REFUSED = "is outside django-pq's 0..100"
+
 Unpickle = Callable[[Any], Any]
 Row = TypeVar("Row", Task, Periodic)
 
@@ -131,7 +133,7 @@ def _payload(raw: Any, unpickle: Unpickle | None) -> dict[str, Any]:
 def _priority(value: Any) -> int:
     priority = int(value)
     if not 0 <= priority <= 100:
-        raise RowRefused(f"priority {priority} is outside django-pq's 0..100")
+        raise RowRefused(f"priority {priority} {PRIORITY_REFUSED}")
     return priority
 
 
@@ -299,13 +301,13 @@ class Command(BaseCommand):
         return converted
 
     def _task(self, row: dict[str, Any], unpickle: Unpickle | None) -> Task:
+        payload, priority = self._checked(row, unpickle, [])
         status = str(row["status"]).lower()
         finished = status in FINISHED
-        self._check_name(row["name"])
         return Task(
             name=row["name"],
-            payload=_payload(row["payload"], unpickle),
-            priority=_priority(row["priority"]),
+            payload=payload,
+            priority=priority,
             status=Status(status),
             run_at=row["run_at"],
             created_at=row["created_at"],
@@ -321,22 +323,22 @@ class Command(BaseCommand):
         )
 
     def _schedule(self, row: dict[str, Any], unpickle: Unpickle | None) -> Periodic:
-        self._check_name(row["name"])
-        every, cron = row["run_every"], row["cron"]
+        every, cron, reasons = row["run_every"], row["cron"] or None, []
         if cron:
             try:
                 cron = validate_cron(cron)
             except InvalidSchedule as error:
-                raise RowRefused(str(error)) from None
+                reasons.append(str(error))
         elif not isinstance(every, timedelta) or every <= timedelta(0):
-            raise RowRefused(f"run_every {every!r} is not a positive interval")
+            reasons.append(f"run_every {every!r} is not a positive interval")
+        payload, priority = self._checked(row, unpickle, reasons)
         return Periodic(
             name=row["name"],
             key=row["key"] or "",
-            payload=_payload(row["payload"], unpickle),
-            priority=_priority(row["priority"]),
+            payload=payload,
+            priority=priority,
             run_every=None if cron else every,
-            cron=cron or None,
+            cron=cron,
             timezone="UTC",  # pq evaluates cron in UTC
             next_run=row["next_run"],
             last_run=row["last_run"],
@@ -346,12 +348,28 @@ class Command(BaseCommand):
             client_id=row["client_id"],
         )
 
-    def _check_name(self, name: str) -> None:
-        if not is_allowed_module(name.partition(":")[0]):
-            raise RowRefused(
+    def _checked(
+        self, row: dict[str, Any], unpickle: Unpickle | None, reasons: list[str]
+    ) -> tuple[dict[str, Any], int]:
+        """The row's payload and priority, or :class:`RowRefused` with every reason at once."""
+        payload: dict[str, Any] = {}
+        priority = 0
+        if not is_allowed_module(row["name"].partition(":")[0]):
+            reasons.append(
                 "its module is outside django-pq's allowed modules, so a worker would refuse "
                 "to run it (add the module to PQ_ALLOWED_MODULES, or move it into an installed app)"
             )
+        try:
+            payload = _payload(row["payload"], unpickle)
+        except RowRefused as error:
+            reasons.append(str(error))
+        try:
+            priority = _priority(row["priority"])
+        except RowRefused as error:
+            reasons.append(str(error))
+        if reasons:
+            raise RowRefused("; ".join(reasons))
+        return payload, priority
 
     def _conflicts(
         self, tasks: list[tuple[int, Task]], schedules: list[tuple[int, Periodic]]
@@ -395,11 +413,17 @@ class Command(BaseCommand):
                 f"Nothing was copied: {len(problems)} row(s) of {schema} cannot be brought over "
                 "as they are:",
                 *(f"  - {problem}" for problem in problems),
-                "Fix each in pq's tables or in django-pq and run the import again. Priorities: "
-                f"UPDATE {schema}.pq_tasks SET priority = LEAST(GREATEST(priority, 0), 100) "
-                f"(and {schema}.pq_periodic) keeps pq's order within 0..100. Rows you do not "
-                f"want: DELETE them from {schema}. A taken client_id or schedule: delete it on "
-                "one side.",
+                "Fix each in pq's tables or in django-pq and run the import again; rows you do "
+                f"not want can be deleted from {schema}'s tables.",
+                *(
+                    [
+                        f"To keep pq's order within 0..100: UPDATE {schema}.pq_tasks SET priority "
+                        "= LEAST(GREATEST(priority, 0), 100); and the same for "
+                        f"{schema}.pq_periodic."
+                    ]
+                    if any(PRIORITY_REFUSED in problem for problem in problems)
+                    else []
+                ),
             ]
         )
 
