@@ -30,6 +30,7 @@ from django_pq.backend import PQBackend, PQTask
 from django_pq.exceptions import TaskRefused
 from django_pq.models import Status
 from django_pq.models import Task as TaskRow
+from django_pq.testing import run_pending_tasks
 from tests import tasks_framework as framework
 from tests.tasks_framework import InvalidTask, TaskContext, TaskResultStatus, task
 from tests.testapp import tasks as native
@@ -355,3 +356,17 @@ def test_higher_django_priority_runs_first(start_worker: Any) -> None:
     burst(start_worker, "--concurrency", "1")
     ran = RunLog.objects.filter(event="contract_ran").order_by("id")
     assert [line.value for line in ran] == ["highest", "above", "default", "lowest"]
+
+
+@pytest.mark.django_db
+def test_run_pending_tasks_holds_the_same_contract_inline() -> None:
+    ok, unencodable = multiply.enqueue(6, 7), returns_an_object.enqueue()
+    run_pending_tasks()
+    ok.refresh()
+    unencodable.refresh()
+    assert (ok.status, ok.return_value) == (TaskResultStatus.SUCCESSFUL, 42)
+    assert unencodable.status == TaskResultStatus.FAILED
+    assert unencodable.errors[0].exception_class is TypeError
+    assert heard(unencodable.id, "contract_finished") == [
+        {"status": "FAILED", "errors": ["builtins.TypeError"], "value": None}
+    ]
