@@ -25,10 +25,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from django_pq.checks import check_database
-from django_pq.codec import encode_payload
+from django_pq.codec import encode_payload, encode_value
 from django_pq.conf import pq_settings
 from django_pq.enqueueing import RESERVED_OPTIONS, enqueue, enqueue_many, prepare
-from django_pq.exceptions import NotATaskFunction, PQError, TaskRefused
+from django_pq.exceptions import NotATaskFunction, PQError, UnserializableArgument
 from django_pq.models import ErrorCode, Status
 from django_pq.models import Task as TaskRow
 from django_pq.signals import TaskRun
@@ -149,15 +149,23 @@ def _options(task: Task) -> dict[str, Any]:  # type: ignore[type-arg]
 
 
 def _normalized(task: Task, args: Iterable[Any], kwargs: dict[str, Any]) -> tuple[Any, Any]:  # type: ignore[type-arg]
-    try:
-        return normalize_json(list(args)), normalize_json(dict(kwargs))
-    except (TypeError, ValueError) as error:
-        raise TaskRefused(
-            f"The arguments of {task.module_path} cannot be stored: django.tasks arguments "
-            f"must be JSON values (str, int, float, bool, None, lists and dicts) - {error}. "
-            "Pass ids and ISO strings, or enqueue with django_pq.enqueue(), which also "
-            "round-trips datetime, Decimal, UUID and the like."
-        ) from error
+    """The arguments as JSON values, as Django's contract asks; refused with a
+    ``TypeError`` (:class:`UnserializableArgument`) naming the first one that is not."""
+    args = list(args)
+    named = [(f"positional argument {n}", value) for n, value in enumerate(args, start=1)]
+    named += [(f"argument {name!r}", value) for name, value in kwargs.items()]
+    values = []
+    for where, value in named:
+        try:
+            values.append(normalize_json(value))
+        except (TypeError, ValueError) as error:
+            raise UnserializableArgument(
+                f"{where} of {task.module_path} cannot be stored: {error}. django.tasks "
+                "arguments must be JSON values (str, int, float, bool, None, lists and "
+                "dicts). Pass ids and ISO strings, or enqueue with django_pq.enqueue(), "
+                "which also round-trips datetime, Decimal, UUID and the like."
+            ) from error
+    return values[: len(args)], dict(zip(kwargs, values[len(args) :], strict=True))
 
 
 class PQBackend(BaseTaskBackend):
@@ -266,7 +274,9 @@ class PQBackend(BaseTaskBackend):
                 f"Task {row.pk} ({row.name}) was enqueued with django_pq.enqueue(), not "
                 "through django.tasks; read it with django_pq.Task.objects.get(pk=...)."
             )
-        run_after = row.run_at if row.run_at > row.created_at else None
+        # An insert without run_at takes the same database clock as created_at, so any other
+        # value is one the caller asked for, in the past as well as in the future.
+        run_after = row.run_at if row.run_at != row.created_at else None
         return dataclasses.replace(
             found,
             priority=django_priority(row.priority),
@@ -380,7 +390,11 @@ def run_django_task(
     task_started.send(sender=backend_class, task_result=task_result)
     args = (TaskContext(task_result=task_result), *run.args) if task.takes_context else run.args
     try:
-        value = call(task.func, args, run.kwargs)
+        # Stored as Django's own backends store it (normalize_json), and checked against the
+        # codec before task_finished is sent: a value that cannot be stored fails the run
+        # with TypeError, and receivers hear FAILED, as get_result will say.
+        value = normalize_json(call(task.func, args, run.kwargs))
+        encode_value(value, where="the return value")
     except BaseException as error:
         object.__setattr__(task_result, "status", TaskResultStatus.FAILED)
         object.__setattr__(task_result, "finished_at", timezone.now())

@@ -21,8 +21,12 @@ class NotATaskFunction(TaskRefused):
     allowed modules, or not importable under its own name)."""
 
 
-class UnserializableArgument(TaskRefused):
-    """An argument (or a result) cannot be encoded by the codec."""
+class UnserializableArgument(TaskRefused, TypeError):
+    """An argument (or a result) cannot be encoded by the codec.
+
+    It is also a :class:`TypeError`, the error ``django.tasks`` raises for an argument it
+    cannot store, so code written against Django's contract catches it unchanged.
+    """
 
 
 class InvalidSchedule(TaskRefused):

@@ -31,26 +31,26 @@ from django_pq.backend import (
 from django_pq.exceptions import TaskRefused
 from django_pq.models import Priority, Status
 from django_pq.models import Task as TaskRow
+from tests.tasks_framework import (
+    TaskContext,
+    TaskResultDoesNotExist,
+    TaskResultMismatch,
+    TaskResultStatus,
+    pq_settings_for,
+    task,
+    task_backends,
+    task_enqueued,
+    task_finished,
+    task_started,
+)
 from tests.testapp.models import RunLog
 from tests.worker import conftest as worker_fixtures
 from tests.worker.conftest import WorkerProcess, run_burst
 
-try:
-    from django.tasks import TaskContext, TaskResultStatus, task, task_backends
-    from django.tasks.exceptions import TaskResultDoesNotExist, TaskResultMismatch
-    from django.tasks.signals import task_enqueued, task_finished, task_started
-except ImportError:  # Django 5.2 with the django-tasks backport
-    from django_tasks import task, task_backends
-    from django_tasks.base import TaskContext, TaskResultStatus
-    from django_tasks.exceptions import TaskResultDoesNotExist, TaskResultMismatch
-    from django_tasks.signals import task_enqueued, task_finished, task_started
-
 # The real-worker fixture of tests/worker, shared with this module.
 start_worker = worker_fixtures.start_worker
 
-TASKS = {"default": {"BACKEND": "django_pq.backend.PQBackend", "QUEUES": []}}
-ALLOWED = ["tests.testapp", "tests.test_backend"]
-WORKER_SETTINGS: dict[str, Any] = {"TASKS": TASKS, "PQ_ALLOWED_MODULES": ALLOWED}
+WORKER_SETTINGS = pq_settings_for("tests.test_backend")
 
 
 @task
@@ -113,8 +113,8 @@ def _log_finished(sender: Any, task_result: Any, **kwargs: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def pq_backend(settings: Any) -> None:
-    settings.TASKS = TASKS
-    settings.PQ_ALLOWED_MODULES = ALLOWED
+    settings.TASKS = WORKER_SETTINGS["TASKS"]
+    settings.PQ_ALLOWED_MODULES = WORKER_SETTINGS["PQ_ALLOWED_MODULES"]
 
 
 def burst(start_worker: Callable[..., WorkerProcess], *args: str, **settings: Any) -> WorkerProcess:

@@ -31,7 +31,7 @@ from django_pq.codec import (
     encode_payload,
     encode_value,
 )
-from django_pq.exceptions import PayloadError, UnserializableArgument
+from django_pq.exceptions import PayloadError, TaskRefused, UnserializableArgument
 
 
 @dataclasses.dataclass
@@ -314,6 +314,14 @@ def test_encode_payload_shape() -> None:
 
 
 # --- refusals ----------------------------------------------------------------------------
+
+
+def test_a_refusal_is_a_type_error_as_django_tasks_raises_and_a_task_refused() -> None:
+    with pytest.raises(TypeError) as caught:
+        encode_payload((1, object()), {})
+    assert isinstance(caught.value, TaskRefused)
+    assert isinstance(caught.value, ValueError)  # what TaskRefused always was
+    assert str(caught.value).startswith("positional argument 2 is an object,")
 
 
 def test_model_instance_is_refused_with_a_pk_hint() -> None:
