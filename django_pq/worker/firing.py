@@ -29,7 +29,9 @@ logger = logging.getLogger("django_pq.worker")
 
 # The moments and intervals psycopg can load (a datetime, a timedelta); other values come
 # back as NULL, with their text, so reading a row never fails.
-_MOMENTS = f"'{EARLIEST_MOMENT:%Y-%m-%d}+00' AND '{LATEST_MOMENT:%Y-%m-%d}+00'"
+_EARLIEST = f"'{EARLIEST_MOMENT:%Y-%m-%d}+00'::timestamptz"
+_LATEST = f"'{LATEST_MOMENT:%Y-%m-%d}+00'::timestamptz"
+_MOMENTS = f"{_EARLIEST} AND {_LATEST}"
 _INTERVALS = f"interval '1 microsecond' AND interval '{LONGEST_INTERVAL.days} days'"
 
 #: Due schedules, and those whose next_run is out of range ('infinity' is never due, yet
@@ -52,9 +54,14 @@ SECONDS_TO_NEXT_DUE = f"""
     WHERE active AND next_run BETWEEN {_MOMENTS}
 """
 
-DISABLE = """
-    UPDATE pq_periodic p SET active = false, error = d.error, updated_at = now()
-    FROM unnest(%s::bigint[], %s::text[]) AS d(id, error) WHERE p.id = d.id
+# Out-of-range values are brought into range (their text is in the error), so the row
+# can be read again, by the admin above all.
+DISABLE = f"""
+    UPDATE pq_periodic p SET active = false, error = %(error)s, updated_at = now(),
+        next_run = LEAST(GREATEST(p.next_run, {_EARLIEST}), {_LATEST}),
+        run_every = CASE WHEN p.run_every > interval '{LONGEST_INTERVAL.days} days'
+            THEN interval '{LONGEST_INTERVAL.days} days' ELSE p.run_every END
+    WHERE p.id = %(id)s
 """
 
 _LIVE_RUNS = """(SELECT count(*) FROM pq_tasks t
@@ -165,11 +172,22 @@ def _fire(
 
 
 def _disable(conn: psycopg.Connection[Any], broken: list[tuple[int, str]]) -> None:
-    if not broken:
-        return
-    with conn.transaction():
-        conn.execute(DISABLE, [[pid for pid, _ in broken], [error for _, error in broken]])
+    """Disable the schedules, each in a savepoint, so none can take the others along."""
     for periodic_id, error in broken:
+        try:
+            with conn.transaction():
+                conn.execute(DISABLE, {"id": periodic_id, "error": error})
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as failure:  # the row breaks a check even so: leave it, live on
+            logger.error(
+                "Schedule %s cannot be fired (%s) nor disabled (%s)",
+                periodic_id,
+                error,
+                str(failure).strip(),
+                extra={"periodic_id": periodic_id},
+            )
+            continue
         logger.error(
             "Schedule %s disabled: %s",
             periodic_id,
@@ -228,10 +246,15 @@ def _next_run(
             f"next_run {slot_text!r} is out of range: it must fall between "
             f"{EARLIEST_MOMENT:%Y-%m-%d} and {LATEST_MOMENT:%Y-%m-%d} (UTC)."
         )
+    anchor = None
+    if run_every is not None:
+        if slot > LATEST_MOMENT - run_every:
+            raise InvalidSchedule(
+                f"run_every {run_every_text!r} is too long: the slot after {slot:%Y-%m-%d} "
+                f"would fall after {LATEST_MOMENT:%Y-%m-%d}, past what a timestamp holds. "
+                "Use a shorter interval."
+            )
+        anchor = slot + run_every
     return next_slot(
-        run_every=run_every,
-        cron=cron,
-        timezone=timezone,
-        after=max(slot, now),
-        anchor=slot + run_every if run_every is not None else None,
+        run_every=run_every, cron=cron, timezone=timezone, after=max(slot, now), anchor=anchor
     )
