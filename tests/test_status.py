@@ -111,7 +111,7 @@ def test_disabled_schedules_are_shown_with_their_error(busy_queue: Any) -> None:
                active=False, error=error)  # fmt: skip
     baker.make(
         Periodic, name="app.tasks:paused", key="", run_every=timedelta(minutes=5), active=False
-    )  # fmt: skip; paused by a person: no error, not listed
+    )  # paused by a person: no error, so not listed
     [disabled] = snapshot().disabled_schedules
     assert (disabled.name, disabled.key, disabled.error) == ("app.tasks:broken", "feb", error)
     code, out = pq_status()
