@@ -169,7 +169,7 @@ class TestScheduleApi:
             pq.schedule(lambda: None, run_every=60)
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db
 class TestRefusedBeforeTheDatabase:
     @pytest.mark.parametrize(
         ("options", "option"),
@@ -240,6 +240,7 @@ class TestDisabledSchedules:
         assert periodic.active and periodic.error == ""
 
 
+@pytest.mark.django_db(transaction=True)
 class TestRunNow:
     def test_creates_one_run_without_moving_next_run(self):
         periodic = pq.schedule(tasks.add, 1, 2, run_every=dt.timedelta(hours=1))
