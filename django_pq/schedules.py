@@ -231,8 +231,11 @@ def _describe_interval(run_every: dt.timedelta) -> str:
 
 
 def _describe_cron(cron: str, timezone: str) -> str:
-    minute, hour, day, month, weekday = cron.split(" ")
     zone = f" ({timezone})"
+    fields = cron.split(" ")
+    if len(fields) != 5:  # a row written around the API; shown, never a crash
+        return f"cron '{cron}'{zone}"
+    minute, hour, day, month, weekday = fields
     if cron == "* * * * *":
         return "every minute"
     if minute.startswith("*/") and hour == day == month == weekday == "*":

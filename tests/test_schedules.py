@@ -82,6 +82,9 @@ class TestDescribe:
             (None, "30 2 * * *", "at 02:30 every day (Europe/Berlin)"),
             (None, "*/15 * * * *", "every 15 minutes"),
             (None, "0 9 1 * *", "cron '0 9 1 * *' (Europe/Berlin)"),
+            # A row written by SQL may hold anything; describing it must not fail.
+            (None, "every day at noon", "cron 'every day at noon' (Europe/Berlin)"),
+            (None, "0 9 * * 1 2026", "cron '0 9 * * 1 2026' (Europe/Berlin)"),
         ],
     )
     def test_reads_like_a_person_wrote_it(self, run_every, cron, text):
