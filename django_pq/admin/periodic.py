@@ -238,6 +238,8 @@ class PeriodicAdmin(PeriodicModelAdmin):
             obj.next_run = next_slot(
                 run_every=obj.run_every, cron=obj.cron, timezone=obj.timezone, after=now
             )
+        if obj.active:
+            obj.error = ""  # saved active again: a worker's old complaint no longer holds
         obj.updated_at = now
         super().save_model(request, obj, form, change)
         notify_schedules_changed(pq_settings.DATABASE)

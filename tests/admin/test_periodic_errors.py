@@ -17,10 +17,10 @@ ERROR = "cron '0 0 30 2 *' never fires after 2026-12-02. Fix the schedule, then 
 
 
 def disabled(cron: str, **fields: object) -> Periodic:
+    fields = {"name": "tests.testapp.tasks:noop", **fields}
     return baker.make(
-        Periodic, name="tests.testapp.tasks:noop", cron=cron, run_every=None, timezone="UTC",
-        active=False, error=ERROR, **fields,
-    )  # fmt: skip
+        Periodic, cron=cron, run_every=None, timezone="UTC", active=False, error=ERROR, **fields
+    )
 
 
 def test_the_error_is_on_the_list_and_the_page(admin_client):
@@ -46,3 +46,14 @@ def test_resuming_a_fixed_schedule_clears_the_error(admin_client):
     assert "Resumed 1 schedule." in messages_of(response)
     periodic.refresh_from_db()
     assert periodic.active and periodic.error == ""
+
+
+def test_saving_it_fixed_and_active_clears_the_error(admin_client):
+    from tests.admin.test_periodic import form_data
+
+    periodic = disabled("0 0 30 2 *", name="tests.testapp.tasks:add", payload={"args": [1, 2]})
+    url = reverse("admin:django_pq_periodic_change", args=[periodic.pk])
+    fixed = form_data(timing="cron", cron="0 9 * * *", every="", unit="minutes")
+    assert admin_client.post(url, fixed).status_code == 302
+    periodic.refresh_from_db()
+    assert (periodic.active, periodic.cron, periodic.error) == (True, "0 9 * * *", "")

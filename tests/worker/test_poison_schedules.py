@@ -42,6 +42,13 @@ POISON = {
 }
 
 
+#: Values the firing copies to the run as they are: the run fails alone, with its code.
+FIREABLE = {
+    "not-allowed": ("name = 'os:system', payload = '{\"args\": [\"true\"]}'", "unknown_task"),
+    "not-an-object": ("payload = '[1, 2]'", "bad_payload"),
+}
+
+
 def sql(statement: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute(statement)
@@ -71,6 +78,7 @@ def poison(key: str, assignments: str) -> Periodic:
 
 def test_poison_schedules_are_disabled_and_the_rest_keep_firing(without_row_checks, start_worker):
     rows = {key: poison(key, assignments) for key, (assignments, _) in POISON.items()}
+    hostile = {key: poison(key, assignments) for key, (assignments, _) in FIREABLE.items()}
     healthy = pq.schedule(tasks.noop, key="healthy", run_every=1, max_concurrent=None)
     # Started with the poison already in the table: as after a restart.
     workers = [start_worker("--concurrency", "1"), start_worker("--queue", "other")]
@@ -91,6 +99,9 @@ def test_poison_schedules_are_disabled_and_the_rest_keep_firing(without_row_chec
         assert expected in found[key].error, (key, found[key].error)
         assert found[key].error.endswith("Fix the schedule, then resume it.")
     assert not Task.objects.filter(periodic__in=rows.values()).exists()
+    for key, (_, code) in FIREABLE.items():
+        failed = Task.objects.filter(periodic=hostile[key], status="failed", error_code=code)
+        wait_until(failed.exists, 30, f"the run of {key} to fail with {code}")
     for worker in workers:
         assert worker.process.poll() is None, worker.output()
         assert "Traceback" not in worker.output(), worker.output()
