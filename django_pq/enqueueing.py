@@ -23,7 +23,14 @@ from django.utils import timezone
 from django_pq.codec import encode_payload
 from django_pq.conf import pq_settings
 from django_pq.exceptions import DuplicateClientId, TaskRefused
-from django_pq.models import VERSION_FIELDS, Priority, Task
+from django_pq.models import (
+    EARLIEST_MOMENT,
+    LATEST_MOMENT,
+    MAX_INTEGER,
+    VERSION_FIELDS,
+    Priority,
+    Task,
+)
 from django_pq.notify import notifying
 from django_pq.task_paths import task_path
 
@@ -58,11 +65,31 @@ def _check_priority(priority: Any) -> int:
     return int(priority)
 
 
-def _check_text(option: str, value: Any, max_length: int) -> str:
+def check_text(option: str, value: Any, max_length: int) -> str:
+    """``value`` if it is a non-empty string Postgres can store in a ``max_length`` column."""
     if not isinstance(value, str) or not value or len(value) > max_length:
         raise TaskRefused(
             f"{option} must be a non-empty string of at most {max_length} characters; "
             f"got {value!r}."
+        )
+    check_no_nul(option, value)
+    return value
+
+
+def check_no_nul(option: str, value: str) -> None:
+    """Postgres text cannot hold NUL: refuse it here rather than fail the statement."""
+    if "\x00" in value:
+        raise TaskRefused(
+            f"{option} contains a NUL character ('\\x00'), which PostgreSQL text cannot "
+            f"store; got {value!r}. Remove it."
+        )
+
+
+def check_count(option: str, value: Any, meaning: str) -> int:
+    """An integer from 1 to MAX_INTEGER (the column is a Postgres ``integer``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INTEGER:
+        raise TaskRefused(
+            f"{option} must be an integer >= 1 and <= {MAX_INTEGER} ({meaning}); got {value!r}."
         )
     return value
 
@@ -70,12 +97,22 @@ def _check_text(option: str, value: Any, max_length: int) -> str:
 def _check_max_attempts(max_attempts: Any) -> int:
     if max_attempts is None:
         return int(pq_settings.MAX_ATTEMPTS)
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+    return check_count("max_attempts", max_attempts, "1 runs the task at most once")
+
+
+def check_moment(option: str, moment: datetime | None, given: Any) -> None:
+    """Refuse a moment outside EARLIEST_MOMENT..LATEST_MOMENT (``None``: it overflowed),
+    the range the ``*_finite`` check constraints of every timestamp column enforce."""
+    try:
+        within = moment is not None and EARLIEST_MOMENT <= moment <= LATEST_MOMENT
+    except OverflowError:  # comparing converts to UTC, which may leave datetime's range
+        within = False
+    if not within:
         raise TaskRefused(
-            f"max_attempts must be an integer >= 1 (1 runs the task at most once); "
-            f"got {max_attempts!r}."
+            f"{option} must fall between {EARLIEST_MOMENT:%Y-%m-%d} and "
+            f"{LATEST_MOMENT:%Y-%m-%d} (UTC), the moments both PostgreSQL and Python can "
+            f"hold; got {given!r}. Use a nearer datetime or a shorter delay."
         )
-    return max_attempts
 
 
 def _check_max_runtime(max_runtime: Any) -> float | None:
@@ -99,6 +136,12 @@ def _check_run_at(run_at: Any) -> tuple[datetime | None, timedelta | None]:
     if run_at is None:
         return None, None
     if isinstance(run_at, timedelta):
+        try:
+            moment: datetime | None = timezone.now() + run_at
+        except OverflowError:
+            moment = None
+        # By this clock, not the database's: they differ by seconds, the range by millennia.
+        check_moment("run_at", moment, run_at)
         return None, run_at
     if not isinstance(run_at, datetime):
         raise TaskRefused(
@@ -110,6 +153,13 @@ def _check_run_at(run_at: Any) -> tuple[datetime | None, timedelta | None]:
             "ambiguous. Make it aware (django.utils.timezone.make_aware(run_at)) or pass a "
             "timedelta delay."
         )
+    try:
+        aware: datetime | None = (
+            run_at if timezone.is_aware(run_at) else timezone.make_aware(run_at)
+        )
+    except OverflowError:
+        aware = None
+    check_moment("run_at", aware, run_at)
     if not settings.USE_TZ and timezone.is_aware(run_at):
         run_at = timezone.make_naive(run_at)
     return run_at, None
@@ -124,14 +174,16 @@ def prepare(func: Callable[..., Any], *args: Any, **kwargs: Any) -> PreparedTask
     run_at, delay = _check_run_at(options.get("run_at"))
     client_id = options.get("client_id")
     queue = options.get("queue")
+    name = task_path(func)
+    check_no_nul("the task's name", name)
     return PreparedTask(
-        name=task_path(func),
+        name=name,
         payload=encode_payload(args, kwargs),
-        queue=_check_text("queue", pq_settings.DEFAULT_QUEUE if queue is None else queue, 100),
+        queue=check_text("queue", pq_settings.DEFAULT_QUEUE if queue is None else queue, 100),
         priority=_check_priority(options.get("priority", Priority.NORMAL)),
         run_at=run_at,
         delay=delay,
-        client_id=None if client_id is None else _check_text("client_id", client_id, 255),
+        client_id=None if client_id is None else check_text("client_id", client_id, 255),
         max_attempts=_check_max_attempts(options.get("max_attempts")),
         max_runtime=_check_max_runtime(options.get("max_runtime")),
     )

@@ -6,6 +6,7 @@ row written by raw SQL, another language or a buggy release is held to them too.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import uuid
 from typing import Any
@@ -66,6 +67,36 @@ class ErrorCode(models.TextChoices):
     UNKNOWN_TASK = "unknown_task", _("the task's function is not allowed or does not exist")
     BAD_PAYLOAD = "bad_payload", _("the task's arguments could not be decoded")
     CANCELLED = "cancelled", _("the task was cancelled")
+
+
+#: The moments every part of the system can hold in any UTC offset: a Postgres timestamp
+#: (which also admits ``'infinity'``) and a Python datetime (years 1 to 9999). Every
+#: timestamp column is checked against them, and the API refuses moments outside.
+EARLIEST_MOMENT = dt.datetime(1, 1, 2, tzinfo=dt.UTC)
+LATEST_MOMENT = dt.datetime(9999, 12, 30, tzinfo=dt.UTC)
+
+#: The longest schedule interval: longer ones cannot have two slots between those moments.
+LONGEST_INTERVAL = LATEST_MOMENT - EARLIEST_MOMENT
+
+#: The largest value of an ``integer`` column (attempts, max_attempts, max_concurrent).
+MAX_INTEGER = 2**31 - 1
+
+
+def _moment_check(field: str, name: str, *, nullable: bool = False) -> models.CheckConstraint:
+    """A timestamp between EARLIEST_MOMENT and LATEST_MOMENT: never ``±infinity``, which
+    the worker cannot subtract from now() nor load into a datetime."""
+    within = Q(**{f"{field}__gte": EARLIEST_MOMENT, f"{field}__lte": LATEST_MOMENT})
+    condition = Q(**{f"{field}__isnull": True}) | within if nullable else within
+    return models.CheckConstraint(condition=condition, name=name)
+
+
+def _runtime_check(name: str) -> models.CheckConstraint:
+    """No limit (NULL), or a positive, finite number of seconds. ``'NaN' > 0`` holds in
+    Postgres and ``'Infinity'`` is no deadline, so both are kept out by ``< 'Infinity'``."""
+    return models.CheckConstraint(
+        condition=Q(max_runtime__isnull=True) | Q(max_runtime__gt=0, max_runtime__lt=float("inf")),
+        name=name,
+    )
 
 
 def _choices_check(
@@ -176,14 +207,16 @@ class Task(models.Model):
             models.CheckConstraint(
                 condition=Q(max_attempts__gte=1), name="pq_tasks_max_attempts_min"
             ),
-            models.CheckConstraint(
-                condition=Q(max_runtime__isnull=True) | Q(max_runtime__gt=0),
-                name="pq_tasks_max_runtime_positive",
-            ),
+            _runtime_check("pq_tasks_max_runtime_positive"),
             models.CheckConstraint(
                 condition=~Q(status=Status.RUNNING) | Q(run_token__isnull=False),
                 name="pq_tasks_running_has_token",
             ),
+            _moment_check("run_at", "pq_tasks_run_at_finite"),
+            _moment_check("created_at", "pq_tasks_created_at_finite"),
+            _moment_check("started_at", "pq_tasks_started_at_finite", nullable=True),
+            _moment_check("finished_at", "pq_tasks_finished_at_finite", nullable=True),
+            _moment_check("slot", "pq_tasks_slot_finite", nullable=True),
             models.UniqueConstraint(fields=["periodic", "slot"], name="pq_tasks_one_run_per_slot"),
         ]
         indexes = [
@@ -276,6 +309,12 @@ class Periodic(models.Model):
     client_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
     skipped_runs = models.PositiveIntegerField(default=0, help_text="Ticks skipped for overlap.")
     is_declared = models.BooleanField(default=False, help_text="Created from code, not the admin.")
+    error = models.TextField(
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Why a worker disabled this schedule; cleared when it is resumed.",
+    )
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(db_default=Now())
 
@@ -299,17 +338,24 @@ class Periodic(models.Model):
                 name="pq_periodic_one_of_interval_or_cron",
             ),
             models.CheckConstraint(
-                condition=Q(run_every__isnull=True) | Q(run_every__gt="0 seconds"),
+                condition=Q(run_every__isnull=True)
+                | Q(run_every__gt=dt.timedelta(0), run_every__lte=LONGEST_INTERVAL),
                 name="pq_periodic_interval_positive",
             ),
             models.CheckConstraint(
                 condition=Q(max_concurrent__isnull=True) | Q(max_concurrent__gte=1),
                 name="pq_periodic_max_concurrent_min",
             ),
+            _runtime_check("pq_periodic_max_runtime_positive"),
+            # Copied to each run, where pq_tasks requires at least one attempt.
             models.CheckConstraint(
-                condition=Q(max_runtime__isnull=True) | Q(max_runtime__gt=0),
-                name="pq_periodic_max_runtime_positive",
+                condition=Q(max_attempts__isnull=True) | Q(max_attempts__gte=1),
+                name="pq_periodic_max_attempts_min",
             ),
+            _moment_check("next_run", "pq_periodic_next_run_finite"),
+            _moment_check("last_run", "pq_periodic_last_run_finite", nullable=True),
+            _moment_check("created_at", "pq_periodic_created_at_finite"),
+            _moment_check("updated_at", "pq_periodic_updated_at_finite"),
             models.UniqueConstraint(fields=["name", "key"], name="pq_periodic_name_key"),
         ]
         indexes = [
@@ -372,6 +418,20 @@ class Worker(models.Model):
     class Meta:
         db_table = "pq_workers"
         ordering = ["-started_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(concurrency__gte=1), name="pq_workers_concurrency_min"
+            ),
+            models.CheckConstraint(
+                condition=Q(min_priority__isnull=True)
+                | Q(min_priority__gte=0, min_priority__lte=100),
+                name="pq_workers_min_priority_range",
+            ),
+            _moment_check("started_at", "pq_workers_started_at_finite"),
+            _moment_check("heartbeat_at", "pq_workers_heartbeat_at_finite"),
+            _moment_check("lease_expires_at", "pq_workers_lease_expires_at_finite"),
+            _moment_check("stopped_at", "pq_workers_stopped_at_finite", nullable=True),
+        ]
         indexes = [models.Index(fields=["lease_expires_at"], name="pq_workers_lease")]
 
     def __str__(self) -> str:

@@ -17,13 +17,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 from django.conf import settings
 from django.db import connections, transaction
+from django.utils import timezone as django_timezone
 
 from django_pq.conf import pq_settings
 from django_pq.exceptions import InvalidSchedule
-from django_pq.models import Periodic, Priority
+from django_pq.models import LATEST_MOMENT, LONGEST_INTERVAL, MAX_INTEGER, Periodic, Priority
 from django_pq.task_paths import task_path
 
 if TYPE_CHECKING:
@@ -48,7 +49,8 @@ _WEEKDAYS = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "
 
 def validate_timezone(name: Any) -> str:
     """Return ``name`` if it is an IANA time zone such as ``"Europe/Berlin"``."""
-    if not isinstance(name, str) or not name:
+    # 64: the column's length.
+    if not isinstance(name, str) or not name or len(name) > 64:
         raise InvalidSchedule(
             f"timezone must be an IANA name such as 'Europe/Berlin'; got {name!r}."
         )
@@ -72,20 +74,40 @@ def validate_cron(expression: Any) -> str:
             f"cron {expression!r} must have five fields (minute hour day-of-month month "
             "day-of-week), e.g. '*/15 * * * *' or '0 9 * * mon'."
         )
+    if len(normalized) > 255 or "\x00" in normalized:  # the column's length; text has no NUL
+        raise InvalidSchedule(f"cron must be a string like '0 9 * * 1'; got {expression!r}.")
     try:
-        croniter(normalized)
-    except (CroniterError, ValueError, KeyError) as error:
+        # From a leap day: a date that exists at all is found within croniter's horizon.
+        croniter(normalized, dt.datetime(2024, 2, 28)).get_next(dt.datetime)
+    except CroniterBadDateError:
+        raise InvalidSchedule(
+            f"cron {expression!r} never fires: no date matches it (such as '0 0 30 2 *', "
+            "February 30th). Check its day-of-month and month fields."
+        ) from None
+    except (CroniterError, ValueError, KeyError, OverflowError) as error:
         raise InvalidSchedule(f"cron {expression!r} is not valid: {error}") from None
     return normalized
 
 
 def validate_interval(run_every: Any) -> dt.timedelta:
-    """A positive ``timedelta`` (a number is taken as seconds)."""
+    """A positive ``timedelta`` (a number is taken as seconds) whose first slot after now
+    is a moment the database can store."""
     if isinstance(run_every, int | float) and not isinstance(run_every, bool):
-        run_every = dt.timedelta(seconds=run_every)
+        try:
+            run_every = dt.timedelta(seconds=run_every)
+        except (OverflowError, ValueError):  # too many seconds, or NaN
+            raise InvalidSchedule(
+                f"run_every must be a positive timedelta (or seconds) of at most "
+                f"{LONGEST_INTERVAL.days} days; got {run_every!r}."
+            ) from None
     if not isinstance(run_every, dt.timedelta) or run_every <= dt.timedelta(0):
         raise InvalidSchedule(
             f"run_every must be a positive timedelta (or seconds), got {run_every!r}."
+        )
+    if run_every > LATEST_MOMENT - django_timezone.now():
+        raise InvalidSchedule(
+            f"run_every={run_every!r} is too long: its first run would fall after "
+            f"{LATEST_MOMENT:%Y-%m-%d}, past what a timestamp holds. Use a shorter interval."
         )
     return run_every
 
@@ -115,8 +137,41 @@ def next_slot(
     Intervals count from ``anchor`` (the previous slot), so slots do not drift with the
     worker's clock; missed slots are skipped, not piled up. Cron runs on the local wall
     clock of ``timezone`` (see the module docstring for DST).
+
+    Total over what a row can hold: any timing it cannot compute a slot for (an unknown
+    time zone, a cron that is invalid or never fires, a slot past LATEST_MOMENT) raises
+    :class:`InvalidSchedule` saying why, and nothing else.
     """
     _check_one_of(run_every, cron)
+    try:
+        slot = _next_slot(run_every, cron, timezone, after, anchor)
+    except InvalidSchedule:
+        raise
+    except CroniterBadDateError:
+        raise InvalidSchedule(f"cron {cron!r} never fires after {after:%Y-%m-%d}.") from None
+    except (ValueError, KeyError, TypeError, OverflowError) as error:
+        # Name the part at fault, as the API would have refused it (ZoneInfoNotFoundError
+        # is a KeyError, CroniterError a ValueError).
+        if cron is not None:
+            validate_cron(cron)
+            validate_timezone(timezone)
+        what = f"cron {cron!r}" if cron is not None else f"run_every {run_every!r}"
+        raise InvalidSchedule(f"{what} has no slot after {after:%Y-%m-%d}: {error}") from None
+    if slot > LATEST_MOMENT:
+        raise InvalidSchedule(
+            f"the next slot ({slot:%Y-%m-%d}) falls after {LATEST_MOMENT:%Y-%m-%d}, past what "
+            "a timestamp holds; use a shorter interval or a cron that fires sooner."
+        )
+    return slot
+
+
+def _next_slot(
+    run_every: dt.timedelta | None,
+    cron: str | None,
+    timezone: str,
+    after: dt.datetime,
+    anchor: dt.datetime | None,
+) -> dt.datetime:
     if run_every is not None:
         start = anchor or after
         if start > after:
@@ -176,8 +231,11 @@ def _describe_interval(run_every: dt.timedelta) -> str:
 
 
 def _describe_cron(cron: str, timezone: str) -> str:
-    minute, hour, day, month, weekday = cron.split(" ")
     zone = f" ({timezone})"
+    fields = cron.split(" ")
+    if len(fields) != 5:  # a row written around the API; shown, never a crash
+        return f"cron '{cron}'{zone}"
+    minute, hour, day, month, weekday = fields
     if cron == "* * * * *":
         return "every minute"
     if minute.startswith("*/") and hour == day == month == weekday == "*":
@@ -273,7 +331,7 @@ def schedule(
 
 
 def _validated(options: dict[str, Any]) -> dict[str, Any]:
-    from django_pq.enqueueing import prepare
+    from django_pq.enqueueing import check_no_nul, check_text, prepare
 
     run_every, cron = options["run_every"], options["cron"]
     _check_one_of(run_every, cron)
@@ -281,15 +339,19 @@ def _validated(options: dict[str, Any]) -> dict[str, Any]:
     if max_concurrent is not None and (
         isinstance(max_concurrent, bool)
         or not isinstance(max_concurrent, int)
-        or max_concurrent < 1
+        or not 1 <= max_concurrent <= MAX_INTEGER
     ):
         raise InvalidSchedule(
-            f"max_concurrent must be an integer >= 1, or None for no limit; got {max_concurrent!r}."
+            f"max_concurrent must be an integer >= 1 and <= {MAX_INTEGER}, or None for no limit; "
+            f"got {max_concurrent!r}."
         )
     if not isinstance(options["key"], str) or len(options["key"]) > 255:
         raise InvalidSchedule(
             f"key must be a string of at most 255 characters, got {options['key']!r}."
         )
+    check_no_nul("key", options["key"])
+    if options["client_id"] is not None:
+        check_text("client_id", options["client_id"], 255)
     # The task options get the same checks as enqueue().
     prepared = prepare(
         options["func"],
@@ -351,6 +413,8 @@ def _upsert(
             retimed = any(getattr(periodic, name) != fields[name] for name in timing)
             if active is not None:
                 fields["active"] = active
+            if active:
+                fields["error"] = ""  # made active again: a worker's old complaint is void
             fields["is_declared"] = is_declared
             changed = [name for name, value in fields.items() if getattr(periodic, name) != value]
             if not changed:
@@ -403,14 +467,23 @@ def resume(func_or_name: Callable[..., Any] | str, key: str = "") -> Periodic:
 
 
 def set_active(periodic: Periodic, active: bool) -> None:
+    """Pause or resume. Resuming clears the error a worker stored when it disabled the
+    schedule, and refuses (:class:`InvalidSchedule`) a timing that still has no next slot."""
     using = pq_settings.DATABASE
     with transaction.atomic(using=using):
         now = _db_now(using)
-        periodic.active = active
         fields = ["active", "updated_at"]
         if active:
-            periodic.next_run = _first_slot_after(periodic, now)
-            fields.append("next_run")
+            try:
+                next_run = _first_slot_after(periodic, now)
+            except InvalidSchedule as error:
+                raise InvalidSchedule(
+                    f"Schedule {periodic} cannot be resumed: {error} Fix its timing "
+                    "(pq.schedule() or its admin page), then resume it."
+                ) from None
+            periodic.next_run, periodic.error = next_run, ""
+            fields += ["next_run", "error"]
+        periodic.active = active
         periodic.updated_at = now
         periodic.save(using=using, update_fields=fields)
         notify_schedules_changed(using)

@@ -20,6 +20,7 @@ __all__ = [
     "DURATION_WINDOW",
     "QueueCount",
     "RunningTask",
+    "ScheduleDisabled",
     "ScheduleDue",
     "Snapshot",
     "WorkerSeen",
@@ -66,8 +67,15 @@ WORKERS = """
 SCHEDULES = """
     SELECT name, key, coalesce(cron, run_every::text), next_run,
            extract(epoch FROM next_run - now())
-    FROM pq_periodic WHERE active
+    FROM pq_periodic WHERE active AND isfinite(next_run)
     ORDER BY next_run LIMIT %(limit)s
+"""
+
+# Schedules a worker disabled because it could not fire them, newest first.
+DISABLED_SCHEDULES = """
+    SELECT name, key, error, updated_at FROM pq_periodic
+    WHERE NOT active AND error <> ''
+    ORDER BY updated_at DESC, id LIMIT %(limit)s
 """
 
 # Finished in the window, by function: read through the finished index on finished_at.
@@ -125,6 +133,16 @@ class ScheduleDue:
 
 
 @dataclass(frozen=True)
+class ScheduleDisabled:
+    """A schedule a worker disabled: ``error`` says why; resuming it clears that."""
+
+    name: str
+    key: str
+    error: str
+    disabled_at: datetime
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything ``pq_status`` shows, read in one short transaction."""
 
@@ -134,6 +152,7 @@ class Snapshot:
     workers: list[WorkerSeen]
     schedules: list[ScheduleDue]
     finished: list[tuple[str, str, int, float]] = field(default_factory=list)
+    disabled_schedules: list[ScheduleDisabled] = field(default_factory=list)
 
     @property
     def has_live_worker(self) -> bool:
@@ -144,6 +163,8 @@ class Snapshot:
         data = asdict(self)
         for schedule in data["schedules"]:
             schedule["next_run"] = schedule["next_run"].isoformat()
+        for disabled in data["disabled_schedules"]:
+            disabled["disabled_at"] = disabled["disabled_at"].isoformat()
         data["finished"] = [
             {"name": name, "status": status, "count": count, "seconds": seconds}
             for name, status, count, seconds in self.finished
@@ -189,7 +210,11 @@ def snapshot(
             (name, status, int(count), float(seconds or 0))
             for name, status, count, seconds in _rows(cursor, FINISHED, {"window": DURATION_WINDOW})
         ]
-    return Snapshot(queues, oldest, running, workers, schedules, finished)
+        disabled = [
+            ScheduleDisabled(*row)
+            for row in _rows(cursor, DISABLED_SCHEDULES, {"limit": schedule_limit})
+        ]
+    return Snapshot(queues, oldest, running, workers, schedules, finished, disabled)
 
 
 def _json(value: Any) -> Any:

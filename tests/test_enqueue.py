@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext, override_settings
 from model_bakery import baker
 
 import django_pq as pq
-from django_pq.models import ErrorCode, Status, Task
+from django_pq.models import EARLIEST_MOMENT, LATEST_MOMENT, ErrorCode, Status, Task
 from tests.conftest import connect_like_django, received
 from tests.testapp import tasks
 
@@ -212,6 +212,47 @@ class TestRefusals:
             pq.enqueue(tasks.noop, priority=500)
         with pytest.raises(pq.PQError):
             pq.enqueue(tasks.noop, priority=500)
+
+
+#: Options the database would refuse with a DataError (aborting the caller's transaction),
+#: each with the option its TaskRefused must name.
+BEYOND_THE_DATABASE = [
+    ({"queue": "mail\x00"}, "queue"),
+    ({"client_id": "order-\x00-1"}, "client_id"),
+    ({"max_attempts": 2**40}, "max_attempts"),
+    ({"run_at": dt.timedelta(days=10**8)}, "run_at"),
+    ({"run_at": -dt.timedelta(days=10**6)}, "run_at"),
+    ({"run_at": dt.datetime.max.replace(tzinfo=dt.UTC)}, "run_at"),
+    ({"run_at": dt.datetime(1, 1, 1, tzinfo=dt.UTC)}, "run_at"),
+]
+
+
+def _write(call: str, options: dict) -> None:
+    if call == "enqueue":
+        pq.enqueue(tasks.noop, **options)
+    elif call == "enqueue_many":
+        pq.enqueue_many([pq.prepare(tasks.noop, **options)])
+    else:
+        pq.upsert(tasks.noop, **{"client_id": "key", **options})
+
+
+class TestRefusedBeforeTheDatabase:
+    @pytest.mark.parametrize("call", ["enqueue", "enqueue_many", "upsert"])
+    @pytest.mark.parametrize(("options", "option"), BEYOND_THE_DATABASE)
+    def test_refused_at_the_call_leaving_the_transaction_usable(
+        self, watcher, call, options, option
+    ):
+        with transaction.atomic():
+            with pytest.raises(pq.TaskRefused) as caught:
+                _write(call, options)
+            assert str(caught.value).startswith(option), caught.value
+            later = pq.enqueue(tasks.noop)  # a failed statement would make this fail
+        assert committed_ids(watcher) == {later.pk}
+
+    def test_the_edges_of_the_moment_range_are_accepted(self):
+        first = pq.enqueue(tasks.noop, run_at=EARLIEST_MOMENT)
+        last = pq.enqueue(tasks.noop, run_at=LATEST_MOMENT)
+        assert (first.run_at, last.run_at) == (EARLIEST_MOMENT, LATEST_MOMENT)
 
 
 class TestDuplicateClientId:

@@ -8,7 +8,15 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from model_bakery import baker
 
-from django_pq.models import Periodic, Priority, Status, Task
+from django_pq.models import (
+    EARLIEST_MOMENT,
+    LATEST_MOMENT,
+    LONGEST_INTERVAL,
+    Periodic,
+    Priority,
+    Status,
+    Task,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -75,6 +83,17 @@ def insert_task(**columns) -> str:
         ({"max_attempts": 0}, "pq_tasks_max_attempts_min"),
         ({"max_runtime": 0}, "pq_tasks_max_runtime_positive"),
         ({"status": "running"}, "pq_tasks_running_has_token"),
+        # Values the worker cannot act on: NaN passes "> 0" in Postgres; infinite moments
+        # break every "x - now()" and cannot be loaded into a datetime.
+        ({"max_runtime": float("nan")}, "pq_tasks_max_runtime_positive"),
+        ({"max_runtime": float("inf")}, "pq_tasks_max_runtime_positive"),
+        ({"run_at": "infinity"}, "pq_tasks_run_at_finite"),
+        ({"run_at": "-infinity"}, "pq_tasks_run_at_finite"),
+        ({"run_at": "10000-01-01 00:00+00"}, "pq_tasks_run_at_finite"),
+        ({"created_at": "-infinity"}, "pq_tasks_created_at_finite"),
+        ({"started_at": "infinity"}, "pq_tasks_started_at_finite"),
+        ({"finished_at": "infinity"}, "pq_tasks_finished_at_finite"),
+        ({"slot": "-infinity"}, "pq_tasks_slot_finite"),
     ],
 )
 def test_task_rows_breaking_a_rule_are_refused(columns, constraint):
@@ -121,6 +140,14 @@ def insert_periodic(**columns) -> str:
         ({"run_every": dt.timedelta(0)}, "pq_periodic_interval_positive"),
         ({"run_every": dt.timedelta(1), "priority": 300}, "pq_periodic_priority_range"),
         ({"run_every": dt.timedelta(1), "max_concurrent": 0}, "pq_periodic_max_concurrent_min"),
+        ({"run_every": "178000000 years"}, "pq_periodic_interval_positive"),
+        ({"run_every": "3652057 days"}, "pq_periodic_interval_positive"),
+        ({"run_every": dt.timedelta(1), "max_runtime": float("nan")}, "max_runtime_positive"),
+        ({"run_every": dt.timedelta(1), "max_attempts": 0}, "pq_periodic_max_attempts_min"),
+        ({"run_every": dt.timedelta(1), "next_run": "infinity"}, "pq_periodic_next_run_finite"),
+        ({"run_every": dt.timedelta(1), "next_run": "-infinity"}, "pq_periodic_next_run_finite"),
+        ({"run_every": dt.timedelta(1), "last_run": "infinity"}, "pq_periodic_last_run_finite"),
+        ({"run_every": dt.timedelta(1), "updated_at": "infinity"}, "updated_at_finite"),
     ],
 )
 def test_periodic_rows_breaking_a_rule_are_refused(columns, constraint):
@@ -136,6 +163,43 @@ def test_schedule_name_and_key_are_unique_together():
 def test_periodic_client_id_is_unique():
     baker.make(Periodic, name="a:b", key="1", client_id="c", run_every=dt.timedelta(1), cron=None)
     assert "client_id" in insert_periodic(key="2", client_id="c", run_every=dt.timedelta(1))
+
+
+def insert_worker(**columns) -> str:
+    values = {
+        "id": "00000000-0000-0000-0000-000000000001",
+        "hostname": "box",
+        "pid": 1,
+        "queues": "[]",
+        "priorities": "[]",
+        "concurrency": 1,
+        "lease_expires_at": "2030-01-01 00:00+00",
+        "version": "",
+        **columns,
+    }
+    return refused_insert("pq_workers", values)
+
+
+@pytest.mark.parametrize(
+    ("columns", "constraint"),
+    [
+        ({"concurrency": 0}, "pq_workers_concurrency_min"),
+        ({"min_priority": 101}, "pq_workers_min_priority_range"),
+        ({"lease_expires_at": "infinity"}, "pq_workers_lease_expires_at_finite"),
+        ({"heartbeat_at": "-infinity"}, "pq_workers_heartbeat_at_finite"),
+        ({"started_at": "infinity"}, "pq_workers_started_at_finite"),
+        ({"stopped_at": "infinity"}, "pq_workers_stopped_at_finite"),
+    ],
+)
+def test_worker_rows_breaking_a_rule_are_refused(columns, constraint):
+    assert constraint in insert_worker(**columns)
+
+
+def test_the_edges_of_the_moment_range_are_legal():
+    schedule = baker.make(Periodic, name="a:b", run_every=LONGEST_INTERVAL, cron=None)
+    for moment in (EARLIEST_MOMENT, LATEST_MOMENT):
+        baker.make(Task, name="a:b", run_at=moment, periodic=schedule, slot=moment)
+    assert Task.objects.count() == 2
 
 
 @pytest.mark.parametrize(

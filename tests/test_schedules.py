@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.management import call_command
+from django.db import connection, transaction
 from django.test.utils import override_settings
 
 import django_pq as pq
 from django_pq import declared
 from django_pq.models import Periodic, Task
 from django_pq.schedules import describe, next_runs, next_slot
-from tests.conftest import received
+from tests.conftest import connect_like_django, received
 from tests.testapp import tasks
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -80,6 +82,9 @@ class TestDescribe:
             (None, "30 2 * * *", "at 02:30 every day (Europe/Berlin)"),
             (None, "*/15 * * * *", "every 15 minutes"),
             (None, "0 9 1 * *", "cron '0 9 1 * *' (Europe/Berlin)"),
+            # A row written by SQL may hold anything; describing it must not fail.
+            (None, "every day at noon", "cron 'every day at noon' (Europe/Berlin)"),
+            (None, "0 9 * * 1 2026", "cron '0 9 * * 1 2026' (Europe/Berlin)"),
         ],
     )
     def test_reads_like_a_person_wrote_it(self, run_every, cron, text):
@@ -165,6 +170,77 @@ class TestScheduleApi:
     def test_lambdas_are_refused_as_for_enqueue(self):
         with pytest.raises(pq.NotATaskFunction):
             pq.schedule(lambda: None, run_every=60)
+
+
+@pytest.mark.django_db
+class TestRefusedBeforeTheDatabase:
+    @pytest.mark.parametrize(
+        ("options", "option"),
+        [
+            ({"run_every": dt.timedelta(days=10**8)}, "run_every"),
+            ({"run_every": 1e20}, "run_every"),
+            ({"run_every": float("nan")}, "run_every"),
+            ({"cron": "0 0 30 2 *"}, "cron"),
+            ({"cron": "0 0 31 4,6,9,11 *"}, "cron"),
+            ({"run_every": 60, "key": "a\x00"}, "key"),
+            ({"run_every": 60, "client_id": "\x00"}, "client_id"),
+            ({"run_every": 60, "client_id": "c" * 256}, "client_id"),
+            ({"cron": "* * * * *", "timezone": "Europe/" + "x" * 60}, "timezone"),
+            ({"run_every": 60, "max_concurrent": 2**40}, "max_concurrent"),
+            ({"run_every": 60, "queue": "q\x00"}, "queue"),
+            ({"run_every": 60, "max_attempts": 2**40}, "max_attempts"),
+        ],
+    )
+    def test_refused_at_the_call_leaving_the_transaction_usable(self, watcher, options, option):
+        with transaction.atomic():
+            with pytest.raises(pq.TaskRefused) as caught:
+                pq.schedule(tasks.noop, **options)
+            assert str(caught.value).startswith(option), caught.value
+            kept = pq.schedule(tasks.noop, key="kept", run_every=60)
+        assert watcher.execute("SELECT id FROM pq_periodic").fetchall() == [(kept.pk,)]
+
+    def test_a_leap_day_cron_is_accepted(self):
+        assert pq.schedule(tasks.noop, cron="0 0 29 2 *").next_run.day == 29
+
+
+class TestDisabledSchedules:
+    def disable(self, periodic: Periodic, **columns: object) -> None:
+        """Break the row as a raw writer would, and let a worker's firing disable it."""
+        from django_pq.conf import pq_settings
+        from django_pq.worker.firing import fire_due
+
+        assignments = ", ".join(f"{name} = %s" for name in columns)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE pq_periodic SET {assignments}, next_run = now() WHERE id = %s",
+                [*columns.values(), periodic.pk],
+            )
+        with contextlib.closing(connect_like_django()) as conn:
+            fire_due(conn, pq_settings.NOTIFY_CHANNEL, 1)
+        periodic.refresh_from_db()
+        assert not periodic.active and periodic.error
+
+    def test_resuming_clears_the_error_once_the_timing_is_fixed(self, transactional_db):
+        periodic = pq.schedule(tasks.noop, cron="0 9 * * *")
+        self.disable(periodic, cron="0 0 30 2 *")
+        with pytest.raises(pq.InvalidSchedule) as caught:
+            pq.resume(tasks.noop)
+        assert "cannot be resumed" in str(caught.value) and "never fires" in str(caught.value)
+        periodic.refresh_from_db()
+        assert not periodic.active and "never fires" in periodic.error
+        pq.schedule(tasks.noop, cron="0 9 * * *")  # fixed; stays paused until resumed
+        periodic.refresh_from_db()
+        assert not periodic.active and periodic.error
+        pq.resume(tasks.noop)
+        periodic.refresh_from_db()
+        assert periodic.active and periodic.error == ""
+
+    def test_scheduling_it_active_again_clears_the_error(self, transactional_db):
+        periodic = pq.schedule(tasks.noop, cron="0 9 * * *")
+        self.disable(periodic, timezone="Mars/Olympus_Mons")
+        pq.schedule(tasks.noop, cron="0 9 * * *", timezone="UTC", active=True)
+        periodic.refresh_from_db()
+        assert periodic.active and periodic.error == ""
 
 
 @pytest.mark.django_db(transaction=True)

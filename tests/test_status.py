@@ -103,3 +103,28 @@ def test_pq_status_exits_1_without_a_live_worker() -> None:
 def test_pq_status_refuses_negative_limits() -> None:
     code, _ = pq_status("--schedules", "-1")
     assert code == 2
+
+
+def test_disabled_schedules_are_shown_with_their_error(busy_queue: Any) -> None:
+    error = "cron '0 0 30 2 *' never fires after 2026-12-02. Fix the schedule, then resume it."
+    baker.make(Periodic, name="app.tasks:broken", key="feb", cron="0 0 30 2 *", run_every=None,
+               active=False, error=error)  # fmt: skip
+    baker.make(
+        Periodic, name="app.tasks:paused", key="", run_every=timedelta(minutes=5), active=False
+    )  # paused by a person: no error, so not listed
+    [disabled] = snapshot().disabled_schedules
+    assert (disabled.name, disabled.key, disabled.error) == ("app.tasks:broken", "feb", error)
+    code, out = pq_status()
+    assert code == 0
+    section = out.split("Disabled schedules (1)", 1)[1]
+    assert "app.tasks:broken[feb]" in section and error in section
+    assert "app.tasks:paused" not in out
+    _, text = pq_status("--json")
+    [shown] = json.loads(text)["disabled_schedules"]
+    assert shown["name"] == "app.tasks:broken" and shown["error"] == error
+    assert shown["disabled_at"] == disabled.disabled_at.isoformat()
+
+
+def test_no_disabled_section_when_none_is_disabled(busy_queue: Any) -> None:
+    assert "Disabled schedules" not in pq_status()[1]
+    assert json.loads(pq_status("--json")[1])["disabled_schedules"] == []

@@ -73,6 +73,7 @@ class PeriodicAdmin(PeriodicModelAdmin):
         "__str__",
         "schedule",
         "active",
+        "error",
         "next_run",
         "last_run_status",
         "skipped_runs",
@@ -85,6 +86,7 @@ class PeriodicAdmin(PeriodicModelAdmin):
     change_list_template = "admin/django_pq/periodic/change_list.html"
     change_form_template = "admin/django_pq/periodic/change_form.html"
     readonly_fields = [
+        "error",
         "schedule",
         "next_run",
         "last_run_status",
@@ -108,6 +110,7 @@ class PeriodicAdmin(PeriodicModelAdmin):
         "Status",
         {
             "fields": [
+                "error",
                 "schedule",
                 "upcoming",
                 "next_run",
@@ -235,6 +238,8 @@ class PeriodicAdmin(PeriodicModelAdmin):
             obj.next_run = next_slot(
                 run_every=obj.run_every, cron=obj.cron, timezone=obj.timezone, after=now
             )
+        if obj.active:
+            obj.error = ""  # saved active again: a worker's old complaint no longer holds
         obj.updated_at = now
         super().save_model(request, obj, form, change)
         notify_schedules_changed(pq_settings.DATABASE)

@@ -9,6 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from django_pq.admin import history
+from django_pq.exceptions import InvalidSchedule
 from django_pq.models import Periodic
 
 
@@ -41,11 +42,15 @@ def _set_active(
 ) -> None:
     selected = list(queryset)
     changing = [periodic for periodic in selected if periodic.active != active]
-    for periodic in changing:
-        if active:
-            periodic.resume()
-        else:
-            periodic.pause()
+    for periodic in list(changing):
+        try:
+            if active:
+                periodic.resume()
+            else:
+                periodic.pause()
+        except InvalidSchedule as error:  # its timing still has no next slot
+            modeladmin.message_user(request, str(error), messages.ERROR)
+            changing.remove(periodic)
     verb, already = ("Resumed", "already active") if active else ("Paused", "already paused")
     history.record(request, changing, f"{verb} from the admin.")
     text = f"{verb} {_schedules(len(changing))}"

@@ -215,7 +215,8 @@ def heartbeat_statement(config: WorkerConfig) -> str:
                   WHERE t.status = 'running'
                     AND (w.id IS NULL OR w.lease_expires_at < now() OR w.stopped_at IS NOT NULL)
                   ORDER BY t.id LIMIT 500),
-            (SELECT extract(epoch FROM min(next_run) - now()) FROM pq_periodic WHERE active),
+            (SELECT extract(epoch FROM min(next_run) - now()) FROM pq_periodic
+             WHERE active AND isfinite(next_run)),
             (SELECT extract(epoch FROM min(run_at) - now()) FROM pq_tasks
              WHERE {" AND ".join(filters)}),
             extract(epoch FROM clock_timestamp())

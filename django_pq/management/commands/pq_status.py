@@ -108,6 +108,19 @@ def render(state: Snapshot) -> str:
             for s in state.schedules
         ],
     )
+    if state.disabled_schedules:
+        out += ["", f"Disabled schedules ({len(state.disabled_schedules)}): fix, then resume"]
+        out += _table(
+            ["schedule", "disabled at", "error"],
+            [
+                [
+                    f"{s.name}[{s.key}]" if s.key else s.name,
+                    s.disabled_at.isoformat(timespec="seconds"),
+                    s.error,
+                ]
+                for s in state.disabled_schedules
+            ],
+        )
     if not state.has_live_worker:
         out += ["", "No live worker: nothing will run. Start one with manage.py pq_worker."]
     return "\n".join(out)
@@ -116,7 +129,8 @@ def render(state: Snapshot) -> str:
 class Command(BaseCommand):
     help = (
         "Show django-pq's queues (ready, scheduled, running, oldest ready task's age), running "
-        "tasks, live workers and the schedules due next. Exits 1 when no live worker is seen."
+        "tasks, live workers, the schedules due next and those a worker disabled. Exits 1 "
+        "when no live worker is seen."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -133,7 +147,7 @@ class Command(BaseCommand):
             "--schedules",
             type=int,
             default=10,
-            help="Show this many schedules due next (default: 10).",
+            help="Show this many schedules due next, and disabled ones (default: 10).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
