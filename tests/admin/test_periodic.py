@@ -100,6 +100,10 @@ def test_create_a_cron_schedule_in_a_time_zone(admin_client: Client) -> None:
         ({"timing": "cron", "cron": "61 * * * *"}, "cron", "not valid"),
         ({"timing": "cron", "cron": "* * *"}, "cron", "five fields"),
         ({"every": "0"}, "every", "at least 1"),
+        ({"timing": "cron", "cron": "0 0 30 2 *"}, "cron", "never fires"),
+        ({"timing": "cron", "cron": "0 0 31 4,6 *"}, "cron", "never fires"),
+        ({"every": "99999999999", "unit": "days"}, "every", "too long"),
+        ({"every": str(36525 * 86400 + 1), "unit": "seconds"}, "every", "too long"),
         ({"timezone": "Mars/Olympus"}, "timezone", "Mars/Olympus"),
         ({"args": "[1, 2"}, "args", "not valid JSON"),
         ({"args": '{"a": 1}'}, "args", "JSON an array"),
@@ -175,6 +179,10 @@ def test_preview_gives_the_next_five_runs(admin_client: Client) -> None:
         url, {"timing": "interval", "every": "2", "unit": "hours", "timezone": "UTC"}
     ).json()["runs"]
     assert len(runs) == 5
+    never = admin_client.get(url, {"timing": "cron", "cron": "0 0 30 2 *"}).json()
+    assert "never fires" in never["error"]
+    huge = {"timing": "interval", "every": "99999999999", "unit": "days"}
+    assert "too long" in admin_client.get(url, huge).json()["error"]
 
 
 def test_the_change_page_shows_the_preview(admin_client: Client) -> None:
