@@ -268,6 +268,23 @@ def test_view_only_staff_can_neither_act_nor_edit(staff_client: Callable[..., Cl
     assert not Task.objects.exists()
 
 
+def test_read_only_schedule_pages_open(
+    admin_client: Client, staff_client: Callable[..., Client]
+) -> None:
+    """A declared schedule (for everyone) and any schedule (for a view-only user) is shown
+    read-only, with its definition and next runs."""
+    made = schedule(tasks.add, 1, 2, cron="30 7 * * *", timezone="Asia/Tokyo")
+    declared = schedule(tasks.noop, run_every=dt.timedelta(minutes=1))
+    Periodic.objects.filter(pk=declared.pk).update(is_declared=True)
+    viewer = staff_client(*VIEW_TASKS)
+    for client, periodic in [(admin_client, declared), (viewer, declared), (viewer, made)]:
+        response = client.get(reverse("admin:django_pq_periodic_change", args=[periodic.pk]))
+        assert response.status_code == 200
+        html = response.content.decode()
+        assert periodic.name in html and 'name="_save"' not in html
+    assert "07:30 JST" in html
+
+
 def test_schedule_form_refuses_a_post_without_csrf_token(
     staff_client: Callable[..., Client],
 ) -> None:
