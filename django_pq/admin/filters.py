@@ -112,7 +112,7 @@ class PeriodicFilter(admin.SimpleListFilter):
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("none", "not periodic")] + [
-            (str(periodic.pk), str(periodic)) for periodic in Periodic.objects.all()
+            (str(periodic.pk), str(periodic)) for periodic in Periodic.objects.only("name", "key")
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:

@@ -20,6 +20,7 @@ from django.core import validators
 from django.utils import timezone
 
 from django_pq.admin.bases import PeriodicModelForm
+from django_pq.admin.display import stored_json
 from django_pq.codec import decode_value, encode_payload
 from django_pq.conf import pq_settings
 from django_pq.exceptions import InvalidSchedule, PayloadError, UnserializableArgument
@@ -60,11 +61,15 @@ def parse_json(text: str, kind: type, label: str) -> Any:
         data = json.loads(text or ("[]" if kind is list else "{}"))
     except json.JSONDecodeError as error:
         raise forms.ValidationError(f"{label} is not valid JSON: {error}.") from None
+    except RecursionError:
+        raise forms.ValidationError(f"{label} is nested too deeply to read.") from None
     if not isinstance(data, kind):
         expected = 'an array, like [1, "two"]' if kind is list else 'an object, like {"a": 1}'
         raise forms.ValidationError(f"{label} must be a JSON {expected}.")
     try:
         return decode_value(data)
+    except RecursionError:
+        raise forms.ValidationError(f"{label} is nested too deeply to read.") from None
     except PayloadError as error:
         raise forms.ValidationError(f"{label} cannot be decoded: {error}.") from None
 
@@ -204,9 +209,15 @@ class PeriodicForm(PeriodicModelForm):
         elif periodic.run_every is not None:
             every, unit = split_interval(periodic.run_every)
             initial.update(timing=INTERVAL, every=every, unit=unit)
-        payload = periodic.payload or {}
-        initial["args"] = json.dumps(payload.get("args", []), ensure_ascii=False)
-        initial["kwargs"] = json.dumps(payload.get("kwargs", {}), ensure_ascii=False)
+        try:
+            payload = periodic.payload or {}
+            initial["args"] = json.dumps(payload.get("args", []), ensure_ascii=False)
+            initial["kwargs"] = json.dumps(payload.get("kwargs", {}), ensure_ascii=False)
+        except (RecursionError, AttributeError):
+            # Nested deeper than Python reads, or not an object: show what is stored, which
+            # the form then refuses, so a save cannot silently replace the arguments.
+            initial["args"] = stored_json(periodic, "payload", json.dumps)
+            initial["kwargs"] = "{}"
         return initial
 
     def clean_timezone(self) -> str:

@@ -38,7 +38,7 @@ from django_pq.admin.task_actions import (
     retry_tasks,
     run_tasks_now,
 )
-from django_pq.models import Status, Task
+from django_pq.models import Periodic, Status, Task
 
 #: Runs of the same schedule shown on a periodic task's page.
 HISTORY_LENGTH = 10
@@ -208,7 +208,9 @@ class TaskAdmin(TaskModelAdmin):
         if task.periodic_id is None:
             return "-"
         url = reverse("admin:django_pq_periodic_change", args=[task.periodic_id])
-        return format_html('<a href="{}">{}</a>', url, task.periodic or task.periodic_id)
+        # Only what the link shows: the schedule's payload is not needed (nor always readable).
+        periodic = Periodic.objects.only("name", "key").filter(pk=task.periodic_id).first()
+        return format_html('<a href="{}">{}</a>', url, periodic or task.periodic_id)
 
     @admin.display(description="arguments")
     def arguments(self, task: Task) -> SafeString:

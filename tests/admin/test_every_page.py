@@ -88,6 +88,11 @@ def rows() -> Rows:
         else:
             sql(f"UPDATE pq_periodic SET {column} = %s WHERE id = %s", value, row.pk)
         found.schedules[kind] = row
+    for kind, nested in [("payload 3000 deep", DEEP), ("payload 450 deep", MIDDLE)]:
+        row = schedule(tasks.echo, run_every=dt.timedelta(minutes=5), key=kind)
+        payload = f'{{"args": [{nested}], "kwargs": {{}}}}'
+        sql("UPDATE pq_periodic SET payload = %s::jsonb WHERE id = %s", payload, row.pk)
+        found.schedules[kind] = row
     huge = schedule(tasks.log_run, run_every=dt.timedelta(minutes=5), key="huge interval")
     sql("UPDATE pq_periodic SET run_every = interval '1000000 years' WHERE id = %s", huge.pk)
     found.schedules["huge interval"] = huge
@@ -295,6 +300,13 @@ def test_a_deep_payload_shows_as_stored_text(rows: Rows, admin_client: Client) -
     html = admin_client.get(reverse("admin:django_pq_task_change", args=[task.pk])).content
     assert b"nested too deeply to decode" in html
     assert b"[[[[[[" in html
+    # A schedule's too: read-only for a declared one, in its form otherwise, where a save is
+    # refused rather than replacing the arguments.
+    periodic = rows.schedules["payload 3000 deep"]
+    url = reverse("admin:django_pq_periodic_change", args=[periodic.pk])
+    assert b"nested too deeply to decode" in admin_client.get(url).content
+    Periodic.objects.filter(pk=periodic.pk).update(is_declared=True)
+    assert b"nested too deeply to decode" in admin_client.get(url).content
 
 
 def test_a_schedule_no_worker_can_fire_says_why_on_its_page(
