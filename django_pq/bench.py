@@ -129,7 +129,21 @@ class Report:
 
 
 def run(config: BenchConfig, progress: Callable[[str], None] = lambda message: None) -> Report:
-    """Run the chosen workloads in order and return their figures."""
+    """Run the chosen workloads in order and return their figures.
+
+    The workers run this module's ``noop`` and ``record_start``: django-pq's own modules run
+    only when named in ``PQ_ALLOWED_MODULES``, so the benchmark refuses to start without it.
+    """
+    from django_pq.task_paths import is_allowed_module
+
+    if not is_allowed_module(__name__):
+        raise BenchError(
+            f"pq_bench runs {__name__}:noop and {__name__}:record_start in real workers, and "
+            f"django-pq's own modules are not allowed to run by default. While you measure, "
+            f"add {__name__!r} to PQ_ALLOWED_MODULES next to your own apps, e.g. "
+            f"PQ_ALLOWED_MODULES = ['shop', {__name__!r}] (and silence django_pq.W002 if "
+            "you keep it)."
+        )
     report = Report(machine=machine_info(), config=asdict(config))
     report.warnings += _competing_workers()
     measure: dict[str, Callable[[BenchConfig], dict[str, Any]]] = {

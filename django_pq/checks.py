@@ -8,6 +8,7 @@ here:
   PostgreSQL.
 - ``django_pq.E021``: ``PQ_HEARTBEAT_INTERVAL`` is not below half of ``PQ_LEASE``.
 - ``django_pq.W001``: a ``PQ_*`` setting that django-pq does not know (usually a typo).
+- ``django_pq.W002``: ``PQ_ALLOWED_MODULES`` names a module outside the project.
 
 The checks read ``settings`` when they run, not at import, so ``override_settings`` works.
 None of them opens a database connection.
@@ -28,7 +29,13 @@ from django.db.utils import load_backend
 
 from django_pq.conf import SETTINGS, Setting
 
-__all__ = ["check_database", "check_heartbeat_within_lease", "check_settings", "check_unknown"]
+__all__ = [
+    "check_allowed_modules_in_project",
+    "check_database",
+    "check_heartbeat_within_lease",
+    "check_settings",
+    "check_unknown",
+]
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 _POSTGRES_ENGINE = "django.db.backends.postgresql"
@@ -157,6 +164,41 @@ def check_unknown(
                 hint=f"{suggestion}The settings are listed in django-pq's settings reference; "
                 "remove or rename this one.",
                 id="django_pq.W001",
+            )
+        )
+    return warnings
+
+
+@register()
+def check_allowed_modules_in_project(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``django_pq.W002``: ``PQ_ALLOWED_MODULES`` names a module outside the project.
+
+    Any function of an allowed module can be run, with any arguments, by whoever can write
+    a row to ``pq_tasks``: django-pq's own modules, third-party packages and the standard
+    library hold functions no one means to run that way. Modules are located without
+    importing them.
+    """
+    from django_pq.task_paths import outside_project
+
+    if not _is_valid("PQ_ALLOWED_MODULES"):
+        return []  # django_pq.E006 says what is wrong with the value.
+    warnings: list[CheckMessage] = []
+    for module in _value(_BY_NAME["PQ_ALLOWED_MODULES"]) or ():
+        reason = outside_project(module)
+        if not reason:
+            continue
+        warnings.append(
+            CheckWarning(
+                f"PQ_ALLOWED_MODULES names {module!r}, which is not part of your project "
+                f"({reason}): anyone who can write a row to pq_tasks can run any of its "
+                "functions with any arguments.",
+                hint="Name only modules that hold your task functions, as narrowly as "
+                "possible (a module such as 'django_pq.bench' rather than a whole package). "
+                "If you mean it, silence this with "
+                "SILENCED_SYSTEM_CHECKS = ['django_pq.W002'].",
+                id="django_pq.W002",
             )
         )
     return warnings

@@ -102,8 +102,10 @@ SETTINGS: tuple[Setting, ...] = (
         _module_list,
         "None or a list of dotted module names",
         "django_pq.E006",
-        "Modules whose functions may run as tasks. None allows the modules of the project's "
-        "installed apps (Django's own apps excluded). A list replaces that default.",
+        "Modules whose functions may run as tasks. None allows the project's own apps: the "
+        "installed apps inside the project directory (BASE_DIR, or the directory holding the "
+        "settings module's package) and outside site-packages, django-pq itself excluded. "
+        "A list replaces that default.",
     ),
     Setting(
         "PQ_PICKLE",

@@ -3,37 +3,143 @@
 The database is not a code-execution channel: a name read from a row is checked against
 the allowed modules *before* anything is imported, so a hostile row naming ``os:system``
 or a module with import side effects runs nothing.
+
+By default the allowed modules are the project's own apps: the installed apps whose
+directory lies inside the project directory and not inside a ``site-packages`` or
+``dist-packages`` directory, django-pq itself excluded. The project directory is
+``settings.BASE_DIR`` when it is set, otherwise the directory holding the package of the
+settings module (``/srv/shop`` for ``/srv/shop/mysite/settings.py``). Everything else
+(django-pq's modules, third-party apps, the standard library) runs only when named in
+``PQ_ALLOWED_MODULES``.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from django.apps import apps
+from django.apps import AppConfig, apps
+from django.conf import ENVIRONMENT_VARIABLE, settings
 
 from django_pq.conf import pq_settings
 from django_pq.exceptions import NotATaskFunction
 
 _ALLOWED_MODULES_HINT = (
     "Move the function into a module of one of your INSTALLED_APPS, or add its module to "
-    "the PQ_ALLOWED_MODULES setting."
+    "the PQ_ALLOWED_MODULES setting (which then replaces the default: list your own apps "
+    "there too)."
 )
 
 
+#: Directory names under which installed packages live: never part of a project.
+_INSTALLED_PACKAGE_DIRS = frozenset({"site-packages", "dist-packages"})
+
+#: django-pq's own top-level package: its functions (``kill_group``, the benchmark's file
+#: writer) are tools for django-pq, not tasks, wherever it is installed.
+_OWN_PACKAGE = __name__.partition(".")[0]
+
+
+def project_directory() -> Path | None:
+    """``settings.BASE_DIR``, or the directory that holds the settings module's package.
+
+    None when neither is known (settings made with ``settings.configure()`` and no
+    ``BASE_DIR``): then no installed app counts as the project's.
+    """
+    base_dir = getattr(settings, "BASE_DIR", None)
+    if base_dir:
+        return Path(base_dir).resolve()
+    # override_settings hides SETTINGS_MODULE (its holder says None); the variable that
+    # named the module stays.
+    module = getattr(settings, "SETTINGS_MODULE", None) or os.environ.get(ENVIRONMENT_VARIABLE, "")
+    location = module_location(module.partition(".")[0]) if module else None
+    return location.parent if location is not None else None
+
+
+def module_location(name: str) -> Path | None:
+    """The file or package directory of the top-level module ``name``, imported or not.
+
+    Looks the name up without importing it; None for a built-in or unknown module.
+    """
+    try:
+        spec = importlib.util.find_spec(name.partition(".")[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations))).resolve()
+    if spec.origin and os.path.isabs(spec.origin):
+        return Path(spec.origin).resolve()
+    return None  # "built-in", "frozen"
+
+
+def is_in_project(location: Path | None, project: Path | None) -> bool:
+    """Whether ``location`` is inside ``project`` and not in an installed-packages directory.
+
+    A virtualenv inside the project directory holds third-party packages: the
+    ``site-packages`` / ``dist-packages`` part of their path keeps them out.
+    """
+    if location is None or project is None or not location.is_relative_to(project):
+        return False
+    return not _INSTALLED_PACKAGE_DIRS.intersection(location.relative_to(project).parts)
+
+
+def outside_project(module: str) -> str:
+    """Why ``module`` is not part of the project (``""`` when it is): for errors and checks."""
+    if module.partition(".")[0] == _OWN_PACKAGE:
+        return "it is part of django-pq itself"
+    location = module_location(module)
+    if location is None:
+        return "it is built into Python or cannot be found"
+    project = project_directory()
+    if project is None:
+        return "the project directory is unknown (set BASE_DIR)"
+    if not is_in_project(location, project):
+        return f"it is installed at {location}, outside the project directory {project}"
+    return ""
+
+
+def _is_project_app(config: AppConfig, project: Path | None) -> bool:
+    return _is_project_package(config.name, config.path, project)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_project_package(name: str, path: str, project: Path | None) -> bool:
+    # Cached: every enqueue and every task run asks, and resolving paths costs system calls.
+    if name.partition(".")[0] == _OWN_PACKAGE:
+        return False
+    return is_in_project(Path(path).resolve(), project)
+
+
 def allowed_modules() -> tuple[str, ...]:
-    """Module prefixes whose functions may run: ``PQ_ALLOWED_MODULES``, or the installed apps."""
+    """Module prefixes whose functions may run: ``PQ_ALLOWED_MODULES``, or the project's apps.
+
+    The project's apps are the installed apps inside the project directory (see the module
+    docstring); django-pq, Django's apps and third-party apps are not among them.
+    """
     configured = pq_settings.ALLOWED_MODULES
     if configured is not None:
         return tuple(configured)
+    project = project_directory()
     return tuple(
-        config.name
-        for config in apps.get_app_configs()
-        # Django's own apps hold no task functions, and many callables no one means to run.
-        if not config.name.startswith("django.")
+        config.name for config in apps.get_app_configs() if _is_project_app(config, project)
+    )
+
+
+def refusal(module: str) -> str:
+    """The reason ``module`` may not run tasks, and how to allow it, for error messages."""
+    if pq_settings.ALLOWED_MODULES is not None:
+        return f"{module} is not in PQ_ALLOWED_MODULES. {_ALLOWED_MODULES_HINT}"
+    reason = outside_project(module) or "it is not in one of the project's installed apps"
+    return (
+        f"{module} is not one of the project's own apps ({reason}); by default only those "
+        f"run tasks. {_ALLOWED_MODULES_HINT}"
     )
 
 
@@ -93,8 +199,8 @@ def task_path(func: Callable[..., Any]) -> str:
     allowed = allowed_modules()
     if not is_allowed_module(module, allowed):
         raise NotATaskFunction(
-            f"{module}.{qualname} is outside the modules allowed to run tasks "
-            f"({', '.join(allowed) or 'none'}). {_ALLOWED_MODULES_HINT}"
+            f"{module}.{qualname} cannot be a task: {refusal(module)} Allowed now: "
+            f"{', '.join(allowed) or 'none'}."
         )
     path = f"{module}:{qualname}"
     try:
@@ -121,9 +227,7 @@ def resolve(path: str, allowed: tuple[str, ...] | None = None) -> Callable[..., 
     if not separator or not module_name or not qualname:
         raise NotATaskFunction(f"{path!r} is not a task name of the form 'module.path:function'.")
     if not is_allowed_module(module_name, allowed):
-        raise NotATaskFunction(
-            f"{module_name} is not an allowed task module. {_ALLOWED_MODULES_HINT}"
-        )
+        raise NotATaskFunction(f"{path} cannot run: {refusal(module_name)}")
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as error:

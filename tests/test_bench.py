@@ -38,12 +38,18 @@ TINY = [
 ]
 
 
+#: The benchmark's tasks are django-pq's own: allowed by name, as pq_bench asks users to.
+BENCH_ALLOWED = ["tests.testapp", "django_pq.bench"]
+
+
 @pytest.fixture
-def bench_env(transactional_db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def bench_env(transactional_db: None, monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
     """Workers started by pq_bench use the test database and the test settings."""
     monkeypatch.setenv("DATABASE_URL", test_database_url())
     monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "tests.settings")
     monkeypatch.setenv("PYTHONPATH", str(REPO))
+    settings.PQ_ALLOWED_MODULES = BENCH_ALLOWED
+    monkeypatch.setenv("DJANGO_PQ_TEST_SETTINGS", json.dumps({"PQ_ALLOWED_MODULES": BENCH_ALLOWED}))
 
 
 def run_bench(*args: str) -> str:
@@ -99,6 +105,11 @@ def test_pq_bench_leaves_the_projects_own_tasks_alone(bench_env: None) -> None:
 def test_pq_bench_refuses_bad_sizes(flag: str, message: str) -> None:
     with pytest.raises(CommandError, match=message):
         call_command("pq_bench", flag, stdout=StringIO(), stderr=StringIO())
+
+
+def test_pq_bench_asks_for_its_module_to_be_allowed(transactional_db: None) -> None:
+    with pytest.raises(CommandError, match=r"add 'django_pq\.bench' to PQ_ALLOWED_MODULES"):
+        run_bench()
 
 
 def test_record_start_appends_a_sample_line(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from django.core.management import call_command
 from django.test import override_settings
 
 from django_pq.checks import (
+    check_allowed_modules_in_project,
     check_database,
     check_heartbeat_within_lease,
     check_settings,
@@ -164,3 +165,16 @@ def test_unknown_pq_setting_is_w001_with_a_suggestion() -> None:
     assert warning.id == "django_pq.W001"
     assert "PQ_MAX_ATTEMPT " in warning.msg
     assert "Did you mean PQ_MAX_ATTEMPTS?" in str(warning.hint)
+
+
+def test_allowed_modules_outside_the_project_are_warned_about() -> None:
+    allowed = ["tests.testapp", "django_pq.bench", "json", "django_tasks", "sys", "nowhere_x"]
+    with override_settings(PQ_ALLOWED_MODULES=allowed):
+        warnings = check_allowed_modules_in_project()
+    assert {warning.id for warning in warnings} == {"django_pq.W002"}
+    named = [warning.msg.split("'")[1] for warning in warnings]
+    assert named == ["django_pq.bench", "json", "django_tasks", "sys", "nowhere_x"]
+    assert "SILENCED_SYSTEM_CHECKS" in (warnings[0].hint or "")
+    with override_settings(PQ_ALLOWED_MODULES=["tests.testapp"]):
+        assert check_allowed_modules_in_project() == []
+    assert check_allowed_modules_in_project() == []  # the default needs no warning

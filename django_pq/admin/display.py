@@ -9,8 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import pprint
+from collections.abc import Callable
 from typing import Any
 
+from django.db import models
+from django.db.models.functions import Cast
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
@@ -36,6 +40,15 @@ def human_duration(seconds: float | None) -> str:
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def moment(value: dt.datetime) -> str:
+    """A stored time as the admin shows it in its lists: ``2026-12-02 09:00:00 UTC``.
+
+    One format for every time in a row, in the current time zone, so "next run" and
+    "last run" read side by side.
+    """
+    return f"{timezone.localtime(value):%Y-%m-%d %H:%M:%S %Z}"
 
 
 def between(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
@@ -84,6 +97,33 @@ def readable_value(data: Any) -> str:
         return pprint.pformat(decode_value(data), width=88)
     except PayloadError as error:
         return f"(cannot decode: {error})\n{readable_json(data)}"
+
+
+#: Characters of a JSON column shown raw when it is nested too deeply to decode.
+RAW_JSON_LIMIT = 10_000
+
+
+def stored_json(obj: models.Model, field: str, render: Callable[[Any], str]) -> str:
+    """``render`` applied to the JSON column ``field`` of ``obj``, or its raw stored text.
+
+    PostgreSQL stores JSON of any depth, but Python's parser (and every recursive reader
+    after it) stops at about a thousand levels: a value nested that deep is shown as the
+    text the database holds, cut to :data:`RAW_JSON_LIMIT` characters, instead of failing
+    the page.
+    """
+    try:
+        return render(getattr(obj, field))
+    except RecursionError:
+        pass
+    raw = (
+        type(obj)
+        ._default_manager.filter(pk=obj.pk)
+        .values_list(Cast(field, models.TextField()), flat=True)
+        .first()
+    )
+    text = raw or ""
+    cut = " (cut)" if len(text) > RAW_JSON_LIMIT else ""
+    return f"(nested too deeply to decode; the stored JSON{cut}:)\n{text[:RAW_JSON_LIMIT]}"
 
 
 def preformatted(text: str) -> SafeString:

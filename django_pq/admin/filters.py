@@ -8,7 +8,7 @@ from an index instead.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, TypeGuard
 
 from django.contrib import admin
 from django.db import connections
@@ -46,8 +46,15 @@ def known_queues() -> list[str]:
     queues = {pq_settings.DEFAULT_QUEUE}
     queues.update(Periodic.objects.order_by().values_list("queue", flat=True).distinct())
     for worker_queues in Worker.objects.values_list("queues", flat=True):
-        queues.update(queue for queue in worker_queues or [] if isinstance(queue, str))
+        # A JSON column: a row written by hand may hold any JSON value, not only a list.
+        if isinstance(worker_queues, list):
+            queues.update(queue for queue in worker_queues if isinstance(queue, str))
     return sorted(queues)
+
+
+def is_number(value: str | None) -> TypeGuard[str]:
+    """Whether a filter value is a plain decimal number (ASCII digits: ``"²".isdigit()``)."""
+    return value is not None and value.isascii() and value.isdigit()
 
 
 class TaskNameFilter(admin.SimpleListFilter):
@@ -89,7 +96,7 @@ class PriorityFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
         value = self.value()
-        if not value or not value.isdigit():
+        if not is_number(value):
             return queryset
         low = int(value)
         higher = [level.value for level in Priority if level.value > low]
@@ -105,14 +112,14 @@ class PeriodicFilter(admin.SimpleListFilter):
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("none", "not periodic")] + [
-            (str(periodic.pk), str(periodic)) for periodic in Periodic.objects.all()
+            (str(periodic.pk), str(periodic)) for periodic in Periodic.objects.only("name", "key")
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
         value = self.value()
         if value == "none":
             return queryset.filter(periodic__isnull=True)
-        if value and value.isdigit():
+        if is_number(value):
             return queryset.filter(periodic_id=int(value))
         return queryset
 

@@ -6,9 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin import AdminSite
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.timesince import timesince
 
@@ -45,3 +47,41 @@ def overview_view(model_admin: admin.ModelAdmin[Task]) -> Callable[[HttpRequest]
         )
 
     return view
+
+
+def list_overview_in_app_list(site: AdminSite) -> None:
+    """Show the overview as the first row of django-pq's app on ``site``'s index pages.
+
+    The admin index, the app index and the navigation sidebar list registered models only;
+    the overview is a page of the task admin, so it is added to django-pq's app entry, for
+    users who see the task list. Done once per site, whichever admin site registers
+    :class:`~django_pq.admin.TaskAdmin`.
+    """
+    if getattr(site, "pq_lists_overview", False):
+        return
+    models_only = site.get_app_list
+
+    def get_app_list(request: HttpRequest, app_label: str | None = None) -> list[Any]:
+        app_list: list[dict[str, Any]] = models_only(request, app_label)
+        for app in app_list:
+            if app["app_label"] == Task._meta.app_label and any(
+                model["object_name"] == Task._meta.object_name for model in app["models"]
+            ):
+                url = reverse(f"{site.name}:django_pq_overview", current_app=site.name)
+                app["models"].insert(0, _overview_row(url))
+        return app_list
+
+    setattr(site, "get_app_list", get_app_list)  # noqa: B010 (a method mypy will not let be assigned)
+    setattr(site, "pq_lists_overview", True)  # noqa: B010
+
+
+def _overview_row(url: str) -> dict[str, Any]:
+    # The keys of a model row in AdminSite._build_app_dict, read by admin/app_list.html.
+    return {
+        "name": "Overview",
+        "object_name": "Overview",
+        "perms": {"add": False, "change": False, "delete": False, "view": True},
+        "admin_url": url,
+        "add_url": None,
+        "view_only": True,
+    }

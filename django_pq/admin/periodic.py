@@ -18,8 +18,15 @@ from django.utils.safestring import SafeString
 from django_pq.admin import display
 from django_pq.admin.bases import PeriodicModelAdmin
 from django_pq.admin.liveness import with_worker_banner
+from django_pq.admin.params import refuse_nul_characters
 from django_pq.admin.periodic_actions import pause_schedules, resume_schedules, run_schedules_now
-from django_pq.admin.periodic_form import CRON, OPTION_FIELDS, PeriodicForm, interval_from
+from django_pq.admin.periodic_form import (
+    CRON,
+    OPTION_FIELDS,
+    PeriodicForm,
+    checked_runs,
+    interval_from,
+)
 from django_pq.admin.permissions import PAUSE_PERIODIC, RUN_PERIODIC_NOW, has_pq_perm
 from django_pq.conf import pq_settings
 from django_pq.exceptions import InvalidSchedule
@@ -33,20 +40,23 @@ def upcoming_runs(
     *, run_every: dt.timedelta | None, cron: str | None, tz: str, count: int = PREVIEW_COUNT
 ) -> list[dt.datetime]:
     """The next ``count`` run times of a timing saved now, in its time zone."""
-    from django_pq.schedules import next_runs
-
-    return next_runs(run_every=run_every, cron=cron, timezone=tz, after=timezone.now(), count=count)
+    return checked_runs(run_every=run_every, cron=cron, tz=tz, after=timezone.now(), count=count)
 
 
 def scheduled_runs(periodic: Periodic, count: int = PREVIEW_COUNT) -> list[dt.datetime]:
-    """A saved schedule's next ``count`` runs: its ``next_run`` and the slots after it."""
-    from django_pq.schedules import next_runs
+    """A saved schedule's next ``count`` runs: its ``next_run`` and the slots after it.
 
-    zone = ZoneInfo(periodic.timezone)
-    later = next_runs(
+    Raises InvalidSchedule for a row no worker could fire (written without the form's
+    validation: an unknown time zone, a cron that never fires), so its page says why.
+    """
+    try:
+        zone = ZoneInfo(periodic.timezone)
+    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+        raise InvalidSchedule(f"Unknown time zone {periodic.timezone!r}.") from None
+    later = checked_runs(
         run_every=periodic.run_every,
         cron=periodic.cron,
-        timezone=periodic.timezone,
+        tz=periodic.timezone,
         after=periodic.next_run,
         count=count - 1,
     )
@@ -74,7 +84,7 @@ class PeriodicAdmin(PeriodicModelAdmin):
         "schedule",
         "active",
         "error",
-        "next_run",
+        "next_run_text",
         "last_run_status",
         "skipped_runs",
         "queue",
@@ -88,7 +98,7 @@ class PeriodicAdmin(PeriodicModelAdmin):
     readonly_fields = [
         "error",
         "schedule",
-        "next_run",
+        "next_run_text",
         "last_run_status",
         "skipped_runs",
         "runs_link",
@@ -113,7 +123,7 @@ class PeriodicAdmin(PeriodicModelAdmin):
                 "error",
                 "schedule",
                 "upcoming",
-                "next_run",
+                "next_run_text",
                 "last_run_status",
                 "skipped_runs",
                 "runs_link",
@@ -132,6 +142,9 @@ class PeriodicAdmin(PeriodicModelAdmin):
         return (
             super()
             .get_queryset(request)
+            # Read only where it is shown: a value nested deeper than Python's parser goes
+            # must not stop the list.
+            .defer("payload")
             .annotate(
                 latest_run_id=Subquery(latest.values("id")[:1]),
                 latest_run_status=Subquery(latest.values("status")[:1]),
@@ -150,7 +163,7 @@ class PeriodicAdmin(PeriodicModelAdmin):
                         "fields": [
                             "name",
                             "key",
-                            "payload",
+                            "arguments",
                             "run_every",
                             "cron",
                             "timezone",
@@ -190,7 +203,16 @@ class PeriodicAdmin(PeriodicModelAdmin):
     def schedule(self, periodic: Periodic) -> str:
         from django_pq.schedules import describe
 
-        return describe(periodic)
+        try:
+            return describe(periodic)
+        except (ValueError, TypeError):
+            # A cron written to the table without validation: show it as it is stored.
+            return f"cron {periodic.cron!r} (not valid)"
+
+    @admin.display(description="next run", ordering="next_run")
+    def next_run_text(self, periodic: Periodic) -> str:
+        # A paused schedule keeps its next_run for resuming, but it will not run then.
+        return display.moment(periodic.next_run) if periodic.active else "paused"
 
     @admin.display(description="last run", ordering="last_run")
     def last_run_status(self, periodic: Periodic) -> SafeString | str:
@@ -198,7 +220,7 @@ class PeriodicAdmin(PeriodicModelAdmin):
         run_id = getattr(periodic, "latest_run_id", None)
         if periodic.last_run is None and run_id is None:
             return "never"
-        when = periodic.last_run.strftime("%Y-%m-%d %H:%M:%S %Z") if periodic.last_run else ""
+        when = display.moment(periodic.last_run) if periodic.last_run else ""
         if run_id is None or status is None:
             return when
         url = reverse("admin:django_pq_task_change", args=[run_id])
@@ -208,6 +230,10 @@ class PeriodicAdmin(PeriodicModelAdmin):
             url,
             display.status_badge(status, str(Status(status).label)),
         )
+
+    @admin.display(description="arguments")
+    def arguments(self, periodic: Periodic) -> SafeString:
+        return display.preformatted(display.stored_json(periodic, "payload", display.readable_call))
 
     @admin.display(description="runs")
     def runs_link(self, periodic: Periodic) -> SafeString:
@@ -220,7 +246,7 @@ class PeriodicAdmin(PeriodicModelAdmin):
             return "paused"
         try:
             runs = scheduled_runs(periodic)
-        except (InvalidSchedule, ValueError) as error:
+        except InvalidSchedule as error:
             return str(error)
         return format_html(
             '<ul class="pq-preview">{}</ul>',
@@ -275,6 +301,7 @@ class PeriodicAdmin(PeriodicModelAdmin):
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
+        refuse_nul_characters(request)
         return super().changelist_view(request, with_worker_banner(extra_context))
 
     def changeform_view(
@@ -288,5 +315,8 @@ class PeriodicAdmin(PeriodicModelAdmin):
         context["pq_preview_url"] = reverse("admin:django_pq_periodic_preview")
         periodic = self.get_object(request, object_id) if object_id else None
         if periodic is not None and periodic.active:
-            context["pq_preview_runs"] = [_when(run) for run in scheduled_runs(periodic)]
+            try:
+                context["pq_preview_runs"] = [_when(run) for run in scheduled_runs(periodic)]
+            except InvalidSchedule as error:
+                context["pq_preview_error"] = str(error)
         return super().changeform_view(request, object_id, form_url, context)

@@ -13,11 +13,14 @@ import zoneinfo
 from functools import cache
 from typing import Any
 
+from croniter import CroniterBadDateError
 from django import forms
 from django.conf import settings
 from django.core import validators
+from django.utils import timezone
 
 from django_pq.admin.bases import PeriodicModelForm
+from django_pq.admin.display import stored_json
 from django_pq.codec import decode_value, encode_payload
 from django_pq.conf import pq_settings
 from django_pq.exceptions import InvalidSchedule, PayloadError, UnserializableArgument
@@ -29,6 +32,12 @@ CRON = "cron"
 
 #: Interval units, largest first, in seconds.
 UNITS = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+
+#: The longest interval the form takes: a hundred years, far inside a timestamp's range.
+MAX_INTERVAL = dt.timedelta(days=36525)
+
+#: Runs computed to prove that a timing fires (the preview shows as many).
+PROOF_RUNS = 5
 
 
 @cache
@@ -52,11 +61,15 @@ def parse_json(text: str, kind: type, label: str) -> Any:
         data = json.loads(text or ("[]" if kind is list else "{}"))
     except json.JSONDecodeError as error:
         raise forms.ValidationError(f"{label} is not valid JSON: {error}.") from None
+    except RecursionError:
+        raise forms.ValidationError(f"{label} is nested too deeply to read.") from None
     if not isinstance(data, kind):
         expected = 'an array, like [1, "two"]' if kind is list else 'an object, like {"a": 1}'
         raise forms.ValidationError(f"{label} must be a JSON {expected}.")
     try:
         return decode_value(data)
+    except RecursionError:
+        raise forms.ValidationError(f"{label} is nested too deeply to read.") from None
     except PayloadError as error:
         raise forms.ValidationError(f"{label} cannot be decoded: {error}.") from None
 
@@ -71,7 +84,36 @@ def interval_from(every: Any, unit: Any) -> dt.timedelta:
         raise InvalidSchedule(
             "The interval must be a whole number, at least 1, of seconds, minutes, hours or days."
         )
+    if count * UNITS[unit] > MAX_INTERVAL.total_seconds():
+        raise InvalidSchedule(
+            f"The interval is too long: at most {MAX_INTERVAL.days} days, so that its runs "
+            "fall within the dates a timestamp can hold."
+        )
     return dt.timedelta(seconds=count * UNITS[unit])
+
+
+def checked_runs(
+    *, run_every: dt.timedelta | None, cron: str | None, tz: str, after: dt.datetime, count: int
+) -> list[dt.datetime]:
+    """The next ``count`` runs of a timing after ``after``, or InvalidSchedule saying why not.
+
+    A cron the parser accepts can still never fire (``0 0 30 2 *``: February 30th), and an
+    interval can carry its runs past the last date a timestamp holds: a worker could not
+    fire either, so the form refuses them and the preview explains them.
+    """
+    from django_pq.schedules import next_runs
+
+    try:
+        return next_runs(run_every=run_every, cron=cron, timezone=tz, after=after, count=count)
+    except CroniterBadDateError:
+        raise InvalidSchedule(
+            f"cron {cron!r} never fires: no date matches its day-of-month, month and "
+            "day-of-week fields (such as February 30th). Correct those fields."
+        ) from None
+    except (OverflowError, ValueError, KeyError) as error:
+        # OverflowError: a run past year 9999; ValueError and KeyError (ZoneInfoNotFoundError):
+        # a cron or time zone stored without the form's validation.
+        raise InvalidSchedule(f"This timing cannot be scheduled: {error}.") from None
 
 
 def _bound(field: forms.Field, low: int, high: int | None = None) -> None:
@@ -133,18 +175,28 @@ class PeriodicForm(PeriodicModelForm):
         task = self.fields["task"]
         assert isinstance(task, forms.ChoiceField)
         task.choices = [("", "---------"), *discover_task_functions()]
-        self.fields["timezone"] = forms.ChoiceField(
-            choices=timezone_choices(),
-            initial=settings.TIME_ZONE,
-            help_text=self.fields["timezone"].help_text,
-        )
-        _bound(self.fields["priority"], Priority.BATCH, Priority.CRITICAL)
-        _bound(self.fields["max_concurrent"], 1)
-        _bound(self.fields["max_attempts"], 1)
-        self.fields["queue"].initial = pq_settings.DEFAULT_QUEUE
-        self.fields[
-            "max_concurrent"
-        ].help_text = "Runs allowed at once; 1 means no overlap, empty means unlimited."
+        # The admin leaves the model's fields out of a read-only page (a declared schedule,
+        # or a user with only the view permission): set up only the fields it kept.
+        fields = self.fields
+        if "timezone" in fields:
+            fields["timezone"] = forms.ChoiceField(
+                choices=timezone_choices(),
+                initial=settings.TIME_ZONE,
+                help_text=fields["timezone"].help_text,
+            )
+        for name, low, high in (
+            ("priority", Priority.BATCH, Priority.CRITICAL),
+            ("max_concurrent", 1, None),
+            ("max_attempts", 1, None),
+        ):
+            if name in fields:
+                _bound(fields[name], low, high)
+        if "queue" in fields:
+            fields["queue"].initial = pq_settings.DEFAULT_QUEUE
+        if "max_concurrent" in fields:
+            fields[
+                "max_concurrent"
+            ].help_text = "Runs allowed at once; 1 means no overlap, empty means unlimited."
         instance = self.instance
         if instance.pk is not None:
             self.initial.update(self._initial_from(instance))
@@ -157,9 +209,15 @@ class PeriodicForm(PeriodicModelForm):
         elif periodic.run_every is not None:
             every, unit = split_interval(periodic.run_every)
             initial.update(timing=INTERVAL, every=every, unit=unit)
-        payload = periodic.payload or {}
-        initial["args"] = json.dumps(payload.get("args", []), ensure_ascii=False)
-        initial["kwargs"] = json.dumps(payload.get("kwargs", {}), ensure_ascii=False)
+        try:
+            payload = periodic.payload or {}
+            initial["args"] = json.dumps(payload.get("args", []), ensure_ascii=False)
+            initial["kwargs"] = json.dumps(payload.get("kwargs", {}), ensure_ascii=False)
+        except (RecursionError, AttributeError):
+            # Nested deeper than Python reads, or not an object: show what is stored, which
+            # the form then refuses, so a save cannot silently replace the arguments.
+            initial["args"] = stored_json(periodic, "payload", json.dumps)
+            initial["kwargs"] = "{}"
         return initial
 
     def clean_timezone(self) -> str:
@@ -183,15 +241,23 @@ class PeriodicForm(PeriodicModelForm):
         return value
 
     def clean(self) -> dict[str, Any]:
-        from django_pq.schedules import validate_cron
+        from django_pq.schedules import validate_cron, validate_interval
 
         cleaned = super().clean() or {}
         try:
             if cleaned.get("timing") == CRON:
                 cleaned.update(run_every=None, cron=validate_cron(cleaned.get("cron") or ""))
             else:
-                every = interval_from(cleaned.get("every"), cleaned.get("unit"))
+                every = validate_interval(interval_from(cleaned.get("every"), cleaned.get("unit")))
                 cleaned.update(run_every=every, cron=None)
+            if "timezone" in cleaned:
+                checked_runs(
+                    run_every=cleaned["run_every"],
+                    cron=cleaned["cron"],
+                    tz=cleaned["timezone"],
+                    after=timezone.now(),
+                    count=PROOF_RUNS,
+                )
         except InvalidSchedule as error:
             self.add_error("cron" if cleaned.get("timing") == CRON else "every", str(error))
         if "args" in cleaned and "kwargs" in cleaned:

@@ -20,9 +20,11 @@ from django_pq.admin.filters import (
     QueueFilter,
     TaskNameFilter,
     WorkerFilter,
+    is_number,
 )
 from django_pq.admin.liveness import with_worker_banner
 from django_pq.admin.paginator import EstimatedCountPaginator
+from django_pq.admin.params import refuse_nul_characters
 from django_pq.admin.permissions import (
     CANCEL_TASK,
     DELETE_TASK,
@@ -36,10 +38,14 @@ from django_pq.admin.task_actions import (
     retry_tasks,
     run_tasks_now,
 )
-from django_pq.models import Status, Task
+from django_pq.models import Periodic, Status, Task
 
 #: Runs of the same schedule shown on a periodic task's page.
 HISTORY_LENGTH = 10
+
+#: The JSON columns: read only on a task's page, where they are shown. The list never shows
+#: them, and one value nested deeper than Python's parser goes must not stop the list.
+JSON_FIELDS = ("payload", "result", "requeue")
 
 
 @admin.register(Task)
@@ -122,6 +128,12 @@ class TaskAdmin(TaskModelAdmin):
     class Media:
         css = {"all": ["django_pq/admin.css"]}
 
+    def __init__(self, model: type[Task], admin_site: admin.AdminSite) -> None:
+        from django_pq.admin.overview import list_overview_in_app_list
+
+        super().__init__(model, admin_site)
+        list_overview_in_app_list(admin_site)
+
     # -- permissions: read-only rows, one permission per action --------------------------
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -145,13 +157,16 @@ class TaskAdmin(TaskModelAdmin):
     def has_run_now_permission(self, request: HttpRequest) -> bool:
         return has_pq_perm(request, RUN_TASK_NOW)
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
+        return super().get_queryset(request).defer(*JSON_FIELDS)
+
     # -- search: the id and client_id through their unique indexes -----------------------
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Task], search_term: str
     ) -> tuple[QuerySet[Task], bool]:
         term = search_term.strip().lstrip("#")
-        if term.isdigit():
+        if is_number(term):
             return queryset.filter(Q(pk=int(term)) | Q(client_id=term)), False
         if not term:
             return queryset, False
@@ -193,23 +208,24 @@ class TaskAdmin(TaskModelAdmin):
         if task.periodic_id is None:
             return "-"
         url = reverse("admin:django_pq_periodic_change", args=[task.periodic_id])
-        return format_html('<a href="{}">{}</a>', url, task.periodic or task.periodic_id)
+        # Only what the link shows: the schedule's payload is not needed (nor always readable).
+        periodic = Periodic.objects.only("name", "key").filter(pk=task.periodic_id).first()
+        return format_html('<a href="{}">{}</a>', url, periodic or task.periodic_id)
 
     @admin.display(description="arguments")
     def arguments(self, task: Task) -> SafeString:
-        return display.preformatted(display.readable_call(task.payload))
+        return display.preformatted(display.stored_json(task, "payload", display.readable_call))
 
     @admin.display(description="result")
     def result_text(self, task: Task) -> SafeString:
-        return display.preformatted(display.readable_value(task.result))
+        return display.preformatted(display.stored_json(task, "result", display.readable_value))
 
     @admin.display(description="version parked by upsert")
     def parked_version(self, task: Task) -> SafeString | str:
-        return (
-            "-"
-            if task.requeue is None
-            else display.preformatted(display.readable_json(task.requeue))
+        text = display.stored_json(
+            task, "requeue", lambda parked: "" if parked is None else display.readable_json(parked)
         )
+        return display.preformatted(text) if text else "-"
 
     @admin.display(description="error and traceback")
     def error_text(self, task: Task) -> SafeString | str:
@@ -263,6 +279,7 @@ class TaskAdmin(TaskModelAdmin):
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
+        refuse_nul_characters(request)
         return super().changelist_view(request, with_worker_banner(extra_context))
 
     def change_view(

@@ -17,12 +17,13 @@ from django.db.models import (
     Subquery,
 )
 from django.db.models.functions import Coalesce, Now
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from django_pq.admin.bases import WorkerModelAdmin
+from django_pq.admin.params import refuse_nul_characters
 from django_pq.models import Status, Task, Worker
 
 #: Dead workers stay on the page this long after their last heartbeat.
@@ -43,6 +44,11 @@ class AliveFilter(admin.SimpleListFilter):
         if self.value() == "no":
             return queryset.exclude(alive)
         return queryset
+
+
+def _listed(values: Any) -> str:
+    """A JSON list column as text; any other JSON value (a hand-written row) as it is."""
+    return ", ".join(map(str, values)) if isinstance(values, list) else str(values)
 
 
 @admin.register(Worker)
@@ -105,6 +111,12 @@ class WorkerAdmin(WorkerModelAdmin):
             .filter(Q(is_alive=True) | Q(heartbeat_at__gte=Now() - RECENTLY_DEAD))
         )
 
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        refuse_nul_characters(request)
+        return super().changelist_view(request, extra_context)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -120,12 +132,12 @@ class WorkerAdmin(WorkerModelAdmin):
 
     @admin.display(description="queues")
     def queue_list(self, worker: Worker) -> str:
-        return ", ".join(map(str, worker.queues)) or "all"
+        return _listed(worker.queues) or "all"
 
     @admin.display(description="priorities")
     def priority_list(self, worker: Worker) -> str:
         if worker.priorities:
-            return ", ".join(map(str, worker.priorities))
+            return _listed(worker.priorities)
         if worker.min_priority is not None:
             return f">= {worker.min_priority}"
         return "all"

@@ -16,6 +16,7 @@ import django_pq as pq
 from django_pq.models import Periodic, Status, Task, Worker
 from django_pq.schedules import schedule
 from tests.admin.browser import screenshot, submit_and_read_message, wait_for
+from tests.admin.conftest import make_task
 from tests.testapp import tasks
 from tests.worker.conftest import WorkerProcess, run_burst, wait_until
 
@@ -148,3 +149,68 @@ def test_overview_and_workers_pages(
     site(reverse("admin:django_pq_worker_changelist"))
     wait_for(browser, lambda d: str(worker.pid) in d.find_element(By.ID, "result_list").text)
     screenshot(browser, "workers")
+
+
+#: The width of the window the lists must fit (a laptop with the sidebar open).
+LIST_WIDTH = 1400
+
+
+def long_rows() -> None:
+    """Rows with the long values real projects have: deep module paths, long hostnames."""
+    long_name = "shop.integrations.warehouse.tasks:synchronise_inventory_levels_for_all_regions"
+    worker = Worker.objects.create(
+        hostname="ip-10-123-45-67.eu-central-1.compute.internal.example-company.net",
+        pid=4194303,
+        concurrency=64,
+        queues=["default", "mail-transactional", "reports-nightly", "inventory-sync", "billing"],
+        priorities=[100, 75, 50, 25, 0],
+        version="1.0.0rc1.dev123+g0123456",
+        lease_expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5),
+    )
+    for status in Status.values:
+        make_task(
+            status,
+            name=long_name,
+            queue="mail-transactional-high-volume-eu-central",
+            client_id=f"order-confirmation-2026-12-02-customer-000123456789-{status}",
+            worker_id=worker.pk,
+            attempts=12,
+            max_attempts=20,
+        )
+    for index, timing in enumerate(
+        [
+            {
+                "cron": "*/15 6-22 1-7,15-21 1,3,5,7,9,11 mon-fri",
+                "timezone": "America/Argentina/Buenos_Aires",
+            },
+            {"run_every": dt.timedelta(days=13, hours=7, minutes=59, seconds=1)},
+        ]
+    ):
+        schedule(
+            tasks.echo,
+            run_every=timing.get("run_every"),
+            cron=timing.get("cron"),
+            timezone=timing.get("timezone"),
+            key=f"regional-warehouse-inventory-synchronisation-europe-middle-east-{index}",
+            queue="inventory-synchronisation-low-priority-batch",
+        )
+
+
+def test_the_lists_fit_a_1400_pixel_window(site: Callable[[str], None], browser: Any) -> None:
+    long_rows()
+    overflowing = {}
+    for model in ("task", "periodic", "worker"):
+        browser.set_window_size(LIST_WIDTH, 900)
+        site(reverse(f"admin:django_pq_{model}_changelist"))
+        wait_for(browser, lambda d: d.find_elements("css selector", "#result_list tbody tr"))
+        # The page must not scroll sideways, nor the list inside it (Django's admin puts the
+        # table in a box that scrolls horizontally rather than widening the page).
+        page, window, table, box = browser.execute_script(
+            "const box = document.querySelector('#changelist .results');"
+            "return [document.documentElement.scrollWidth, window.innerWidth,"
+            " box.scrollWidth, box.clientWidth]"
+        )
+        if page > window or table > box:
+            overflowing[model] = {"page": (page, window), "list": (table, box)}
+            screenshot(browser, f"overflow-{model}")
+    assert not overflowing, f"lists wider than a {LIST_WIDTH} px window: {overflowing}"

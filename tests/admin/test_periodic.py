@@ -100,6 +100,10 @@ def test_create_a_cron_schedule_in_a_time_zone(admin_client: Client) -> None:
         ({"timing": "cron", "cron": "61 * * * *"}, "cron", "not valid"),
         ({"timing": "cron", "cron": "* * *"}, "cron", "five fields"),
         ({"every": "0"}, "every", "at least 1"),
+        ({"timing": "cron", "cron": "0 0 30 2 *"}, "cron", "never fires"),
+        ({"timing": "cron", "cron": "0 0 31 4,6 *"}, "cron", "never fires"),
+        ({"every": "99999999999", "unit": "days"}, "every", "too long"),
+        ({"every": str(36525 * 86400 + 1), "unit": "seconds"}, "every", "too long"),
         ({"timezone": "Mars/Olympus"}, "timezone", "Mars/Olympus"),
         ({"args": "[1, 2"}, "args", "not valid JSON"),
         ({"args": '{"a": 1}'}, "args", "JSON an array"),
@@ -175,6 +179,10 @@ def test_preview_gives_the_next_five_runs(admin_client: Client) -> None:
         url, {"timing": "interval", "every": "2", "unit": "hours", "timezone": "UTC"}
     ).json()["runs"]
     assert len(runs) == 5
+    never = admin_client.get(url, {"timing": "cron", "cron": "0 0 30 2 *"}).json()
+    assert "never fires" in never["error"]
+    huge = {"timing": "interval", "every": "99999999999", "unit": "days"}
+    assert "too long" in admin_client.get(url, huge).json()["error"]
 
 
 def test_the_change_page_shows_the_preview(admin_client: Client) -> None:
@@ -258,6 +266,23 @@ def test_view_only_staff_can_neither_act_nor_edit(staff_client: Callable[..., Cl
     periodic.refresh_from_db()
     assert periodic.active and periodic.run_every == dt.timedelta(hours=1)
     assert not Task.objects.exists()
+
+
+def test_read_only_schedule_pages_open(
+    admin_client: Client, staff_client: Callable[..., Client]
+) -> None:
+    """A declared schedule (for everyone) and any schedule (for a view-only user) is shown
+    read-only, with its definition and next runs."""
+    made = schedule(tasks.add, 1, 2, cron="30 7 * * *", timezone="Asia/Tokyo")
+    declared = schedule(tasks.noop, run_every=dt.timedelta(minutes=1))
+    Periodic.objects.filter(pk=declared.pk).update(is_declared=True)
+    viewer = staff_client(*VIEW_TASKS)
+    for client, periodic in [(admin_client, declared), (viewer, declared), (viewer, made)]:
+        response = client.get(reverse("admin:django_pq_periodic_change", args=[periodic.pk]))
+        assert response.status_code == 200
+        html = response.content.decode()
+        assert periodic.name in html and 'name="_save"' not in html
+    assert "07:30 JST" in html
 
 
 def test_schedule_form_refuses_a_post_without_csrf_token(
