@@ -94,8 +94,15 @@ def rows() -> Rows:
         sql("UPDATE pq_periodic SET payload = %s::jsonb WHERE id = %s", payload, row.pk)
         found.schedules[kind] = row
     huge = schedule(tasks.log_run, run_every=dt.timedelta(minutes=5), key="huge interval")
-    sql("UPDATE pq_periodic SET run_every = interval '1000000 years' WHERE id = %s", huge.pk)
+    sql("UPDATE pq_periodic SET run_every = interval '3652056 days' WHERE id = %s", huge.pk)
     found.schedules["huge interval"] = huge
+    disabled = schedule(tasks.log_run, run_every=dt.timedelta(minutes=5), key="disabled")
+    sql(
+        "UPDATE pq_periodic SET active = false, error = 'Disabled by a worker: <b>bad</b>' "
+        "WHERE id = %s",
+        disabled.pk,
+    )
+    found.schedules["disabled"] = disabled
 
     worker = Worker.objects.create(
         hostname="web-1",
