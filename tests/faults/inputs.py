@@ -49,7 +49,8 @@ NAMES: dict[str, str] = {
     # Everything below must fail as unknown_task, without running anything.
     f"{POISON}.raises_on_import:run": "unknown_task",
     f"{POISON}.exits_on_import:run": "unknown_task",
-    f"{POISON}.os_exit_on_import:run": "unknown_task",
+    # Ends the child before it can report: indistinguishable from a task doing the same.
+    f"{POISON}.os_exit_on_import:run": "unknown_task or exception",
     f"{POISON}.interrupts_on_import:run": "unknown_task",
     f"{POISON}.values:NOT_CALLABLE": "unknown_task",
     f"{POISON}.values:NOTHING": "unknown_task",
@@ -536,14 +537,16 @@ def random_chooser(rng: random.Random, oddness: float = 0.15) -> Chooser:
 
 
 def insert(conn: psycopg.Connection[Any], row: Row, fake_worker: str | None = None) -> bool:
-    """Write ``row`` (autocommit); False, with ``row.refused`` set, when Postgres refuses it.
+    """Write ``row``; False, with ``row.refused`` set, when Postgres refuses it.
 
     Refusals are the schema doing its job (a CHECK constraint, a type's range, a unique
-    key): such a value is not one "the schema admits" and is skipped.
+    key): such a value is not one "the schema admits" and is skipped. Inside a
+    transaction of the caller's, a refusal rolls back to a savepoint, not the transaction.
     """
     statement, params = row.sql(fake_worker)
     try:
-        [(row.id,)] = conn.execute(statement, params).fetchall()
+        with conn.transaction():
+            [(row.id,)] = conn.execute(statement, params).fetchall()
     except (
         psycopg.errors.IntegrityError,
         psycopg.errors.DataError,
