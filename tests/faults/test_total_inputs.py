@@ -94,28 +94,30 @@ class WorkerPool:
 
     def __init__(self, target: Target, fleet: Fleet) -> None:
         self.target, self.fleet = target, fleet
-        self.current = [self._start(args) for args in WORKER_ARGS]
-        self.deaths: list[str] = []
+        self.current: list[Any] = []
+        self.worker_ids: list[str] = []
+        for args in WORKER_ARGS:
+            worker, worker_id = self._start(args)
+            self.current.append(worker)
+            self.worker_ids.append(worker_id)
 
-    def _start(self, args: tuple[str, ...]) -> Any:
+    def _start(self, args: tuple[str, ...]) -> tuple[Any, str]:
         worker = self.fleet.start(self.target, *args, "-v", "2", settings=WORKER_SETTINGS)
-        registered_worker(self.target, worker)
-        return worker
+        return worker, registered_worker(self.target, worker)
 
     def revive(self) -> None:
         for position, worker in enumerate(self.current):
             if not worker.is_alive():
-                self.current[position] = self._start(WORKER_ARGS[position])
+                self.current[position], self.worker_ids[position] = self._start(
+                    WORKER_ARGS[position]
+                )
 
     def dead(self) -> list[Any]:
         return [worker for worker in self.current if not worker.is_alive()]
 
     def ids(self) -> list[str]:
-        pids = [worker.pid for worker in self.current]
-        rows = self.target.query(
-            "SELECT id::text FROM pq_workers WHERE pid = ANY(%s) AND stopped_at IS NULL", [pids]
-        )
-        return [row[0] for row in rows]
+        """The live workers' ids (each keeps its id for the life of its process)."""
+        return list(self.worker_ids)
 
 
 @st.composite
