@@ -74,7 +74,12 @@ WORKER_ARGS = [
     ("--concurrency", "2", "--tasks-per-child", "3", "--max-runtime", str(WORKER_MAX_RUNTIME)),
     ("--concurrency", "1", "--queue", "default", "--max-runtime", str(WORKER_MAX_RUNTIME)),
 ]
-WORKER_SETTINGS = {"PQ_ALLOWED_MODULES": ALLOWED_MODULES}
+WORKER_SETTINGS = {
+    "PQ_ALLOWED_MODULES": ALLOWED_MODULES,
+    # A lease long enough that a loaded machine never reaps a healthy task: here a
+    # worker_lost is an input's doing, never the clock's.
+    "PQ_LEASE": 15.0,
+}
 FINAL = {"completed", "failed", "cancelled"}
 
 settings.register_profile(
