@@ -29,6 +29,44 @@ def produce(count: int, batch: int, key: str) -> dict[str, object]:
     return {"ids": ids}
 
 
+def stream(seconds: float, rate: float, key: str, seed: int) -> dict[str, object]:
+    """Enqueue ledger tasks through the API at ``rate`` a second for ``seconds``, a third
+    of them with retries (``max_attempts=3``), riding out database restarts.
+
+    Only enqueues whose commit was confirmed are reported: one cut off by a restart may
+    or may not have committed, and is counted apart (``unconfirmed``).
+    """
+    from django.db import DatabaseError, connection
+
+    import django_pq as pq
+    from tests.testapp import tasks
+
+    rng = random.Random(seed)
+    ids: list[int] = []
+    retrying: list[int] = []
+    unconfirmed = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with_retries = rng.random() < 1 / 3
+        try:
+            task = pq.enqueue(
+                tasks.ledger,
+                rng.choice([0.0, 0.01, 0.2]),
+                key=key,
+                max_attempts=3 if with_retries else 1,
+            )
+        except DatabaseError:
+            unconfirmed += 1
+            connection.close()
+            time.sleep(0.5)
+            continue
+        ids.append(task.pk)
+        if with_retries:
+            retrying.append(task.pk)
+        time.sleep(rng.expovariate(rate))
+    return {"ids": ids, "retrying": retrying, "unconfirmed": unconfirmed}
+
+
 def upsert(count: int, client_id: str, key: str, seconds: float) -> dict[str, object]:
     """Upsert one client_id ``count`` times, each a new version ``key-n``."""
     import django_pq as pq
@@ -69,7 +107,7 @@ def staff(ids: list[int], schedule: int | None, seconds: float, seed: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["produce", "upsert", "staff"])
+    parser.add_argument("role", choices=["produce", "stream", "upsert", "staff"])
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--key", default="")
@@ -78,10 +116,13 @@ def main() -> None:
     parser.add_argument("--ids", default="")
     parser.add_argument("--schedule", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=10.0)
     options = parser.parse_args()
     django.setup()
     if options.role == "produce":
         report = produce(options.count, options.batch, options.key)
+    elif options.role == "stream":
+        report = stream(options.seconds, options.rate, options.key, options.seed)
     elif options.role == "upsert":
         report = upsert(options.count, options.client_id, options.key, options.seconds)
     else:

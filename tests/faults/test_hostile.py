@@ -228,3 +228,22 @@ def test_a_payload_nested_deeper_than_python_recursion_fails_as_bad_payload(test
         ("failed", "bad_payload")
     ]
     assert code == 0, worker.tail()
+
+
+def test_a_task_whose_module_raises_on_import_fails_alone_as_unknown_task(test_db, fleet):
+    # Found by test_total_inputs.py: the child let the import's RuntimeError escape and
+    # exited 70 without a report, so the row ended "exception" with no word of the import.
+    task_id = insert_raw(test_db, "tests.faults.poison.raises_on_import:run", "{}", "default")
+    FIGURES["hostile rows tried"] += 1
+    after = insert_raw(
+        test_db, "tests.testapp.tasks:add", '{"args": [1, 2], "kwargs": {}}', "default"
+    )
+    allowed = {"PQ_ALLOWED_MODULES": ["tests.testapp", "tests.faults.poison"]}
+    worker = fleet.start(test_db, "--burst", settings=allowed)
+    assert worker.wait(120) == 0, worker.tail()
+    [(status, code, error)] = test_db.query(
+        "SELECT status, error_code, error FROM pq_tasks WHERE id = %s", [task_id]
+    )
+    assert (status, code) == ("failed", "unknown_task"), error
+    assert "refuses to be imported" in error
+    assert test_db.query("SELECT status FROM pq_tasks WHERE id = %s", [after]) == [("completed",)]

@@ -1,0 +1,3 @@
+"""Importing this raises KeyboardInterrupt, as a Ctrl-C arriving mid-import would."""
+
+raise KeyboardInterrupt
