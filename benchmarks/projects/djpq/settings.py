@@ -1,4 +1,5 @@
-"""Minimal settings for benchmarking django-pq: its app only, a dedicated database.
+"""Minimal settings for benchmarking django-pq: its app and the benchmark's tasks, a dedicated
+database.
 
 ``DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/bench_djpq``) names it.
 """
@@ -12,7 +13,7 @@ SECRET_KEY = "django-pq-benchmark-not-secret"
 DEBUG = False
 USE_TZ = True
 TIME_ZONE = "UTC"
-INSTALLED_APPS = ["django_pq"]
+INSTALLED_APPS = ["django_pq", "projects.djpq"]
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.postgresql",
