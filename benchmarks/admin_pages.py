@@ -41,7 +41,7 @@ def scratch_database(keep: bool) -> Iterator[str]:
     """A fresh database on the server of ``DATABASE_URL``; dropped afterwards."""
     import psycopg
 
-    from django_pq.devdb import database_url
+    from devdb import database_url
 
     base = database_url()
     with psycopg.connect(base, autocommit=True) as admin:

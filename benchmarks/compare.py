@@ -1,10 +1,11 @@
 """Side-by-side benchmark: django-pq against pq 0.9.1, procrastinate and django-tasks-db.
 
-Every system gets its own database on the same Postgres, the same workloads (see
-``drivers/common.py``; django-pq runs them through ``manage.py pq_bench``), and the
-systems take turns: each round runs every workload for every system, in an order that
-rotates from round to round. The report gives medians, spreads (min-max) and ratios
-against pq, writes JSON, and with ``--write-docs`` renders ``docs/explanation/performance.md``.
+Every system gets its own database on the same Postgres, the same workloads with the
+same timing rules (``drivers/common.py``, driven by one driver per system, django-pq's
+being ``drivers/djpq_driver.py``), and the systems take turns: each round runs every
+workload for every system, in an order that rotates from round to round. The report gives
+medians, spreads (min-max) and ratios against pq, writes JSON, and with ``--write-docs``
+renders ``docs/explanation/performance.md``.
 
     python benchmarks/compare.py --write-docs          # full run (about 10-15 minutes)
     python benchmarks/compare.py --quick                # smoke run (about a minute)
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -127,10 +129,12 @@ class Runner:
     def available(self, system: str) -> bool:
         return Path(self.python[system]).exists()
 
-    def _call(self, system: str, command: list[str], timeout: float = 900) -> dict[str, Any]:
+    def _call(
+        self, system: str, command: list[str], timeout: float = 900, **env: str
+    ) -> dict[str, Any]:
         done = subprocess.run(
             [self.python[system], *command],
-            env=self.env(system),
+            env={**self.env(system), **env},
             cwd=HERE,
             capture_output=True,
             text=True,
@@ -138,39 +142,28 @@ class Runner:
         )
         if done.returncode != 0:
             raise RuntimeError(f"{system} {' '.join(command)} failed:\n{done.stderr[-3000:]}")
-        output = done.stdout.strip()
-        # pq_bench prints indented JSON; the drivers print one line after any noise.
-        text = output if output.startswith("{") else output.splitlines()[-1]
-        return dict(json.loads(text))
+        # A driver prints one line of JSON, after any noise.
+        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
-    def _driver(self, system: str, *args: str) -> dict[str, Any]:
+    def _driver(self, system: str, *args: str, worker_args: tuple[str, ...] = ()) -> dict[str, Any]:
         script = {
             "pq": "pq_driver.py",
+            "django-pq": "djpq_driver.py",
             "procrastinate": "procrastinate_driver.py",
             "django-tasks-db": "tasksdb_driver.py",
         }[system]
-        return self._call(system, [str(DRIVERS / script), *args, "--log", str(self.log)])
-
-    def _pq_bench(self, *args: str) -> dict[str, Any]:
-        extra = [f"--worker-arg={flag}" for flag in self.args.djpq_worker_arg]
-        report = self._call(
-            "django-pq", ["-m", "django", "pq_bench", "--json", "-v", "0", *args, *extra]
+        flags = shlex.join([*self.args.djpq_worker_arg, *worker_args])
+        return self._call(
+            system,
+            [str(DRIVERS / script), *args, "--log", str(self.log)],
+            BENCH_DJPQ_WORKER_ARGS=flags,
         )
-        return dict(next(iter(report["results"].values())))
 
     def setup(self, system: str) -> None:
         database = self.database(system)
         psql(self.args.admin_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         psql(self.args.admin_url, f"CREATE DATABASE {database}")
-        if system == "django-pq":
-            subprocess.run(
-                [self.python[system], "-m", "django", "migrate", "-v", "0", "--noinput"],
-                env=self.env(system),
-                cwd=HERE,
-                check=True,
-            )
-        else:
-            self._driver(system, "setup")
+        self._driver(system, "setup")
 
     def version(self, system: str) -> str:
         code = f"import importlib.metadata as m; print(m.version({PACKAGES[system]!r}))"
@@ -187,51 +180,19 @@ class Runner:
 
     def run(self, system: str, workload: str) -> dict[str, Any]:
         s = self.sizes
-        if system == "django-pq":
-            if workload == "enqueue":
-                return self._pq_bench(
-                    "--only",
-                    "enqueue",
-                    "--enqueue-count",
-                    str(s.enqueue_count),
-                    "--bulk-count",
-                    str(s.bulk_count),
-                )
-            if workload == "drain_reuse":
-                # The opt-in child reuse: one fork runs up to 100 tasks in turn.
-                return self._pq_bench(
-                    "--only",
-                    "drain",
-                    "--tasks",
-                    str(s.tasks),
-                    "--concurrency",
-                    "2",
-                    "--worker-arg=--tasks-per-child=100",
-                )
-            if workload in ("drain", "drain_2_workers"):
-                workers = "2" if workload == "drain_2_workers" else "1"
-                concurrency = "1" if workload == "drain_2_workers" else "2"
-                return self._pq_bench(
-                    "--only",
-                    "drain",
-                    "--tasks",
-                    str(s.tasks),
-                    "--concurrency",
-                    concurrency,
-                    "--workers",
-                    workers,
-                )
-            if workload == "latency":
-                return self._pq_bench(
-                    "--only", "latency", "--latency-samples", str(s.latency_samples)
-                )
-            if workload == "idle":
-                return self._pq_bench("--only", "idle", "--idle-seconds", str(s.idle_seconds))
-            if workload == "fork":
-                return self._pq_bench(
-                    "--only", "fork", "--forks", str(s.forks), "--concurrency", "2"
-                )
-            raise ValueError(workload)
+        if workload == "fork":
+            return self._driver(system, "fork", "--forks", str(s.forks), "--concurrency", "2")
+        if workload == "drain_reuse":
+            # django-pq's opt-in child reuse: one fork runs up to 100 tasks in turn.
+            return self._driver(
+                system,
+                "drain",
+                "--tasks",
+                str(s.tasks),
+                "--concurrency",
+                "2",
+                worker_args=("--tasks-per-child=100",),
+            )
         if workload == "enqueue":
             return self._driver(
                 system, "enqueue", "--count", str(s.enqueue_count), "--bulk", str(s.bulk_count)
@@ -257,7 +218,7 @@ class Runner:
             INSERT INTO pq_tasks (queue, name, payload, priority, status, run_at, created_at,
                 started_at, finished_at, attempts, max_attempts, error, error_code,
                 is_cancel_requested)
-            SELECT 'history', 'django_pq.bench:noop', '{{"args": [], "kwargs": {{}}}}', 50,
+            SELECT 'history', 'projects.djpq.tasks:noop', '{{"args": [], "kwargs": {{}}}}', 50,
                 'completed', now() - interval '1 hour', now() - interval '1 hour',
                 now() - interval '1 hour', now() - interval '1 hour', 1, 1, '', '', false
             FROM generate_series(1, {rows})
@@ -426,7 +387,7 @@ def _ratio(data: dict[str, Any], system: str, workload: str, key: str, better: s
 
 
 def _targets(data: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(target, measured, verdict) for the targets of issue 7."""
+    """(target, measured, verdict) for django-pq's performance targets (the Targets table)."""
 
     def m(system: str, workload: str, key: str) -> float | None:
         return _median(data, system, workload, key)
@@ -593,8 +554,8 @@ GAPS = """
 """
 
 METHOD = """
-- **Drain**: the tasks are written in one transaction, then the worker starts (django-pq
-  `pq_worker --burst`; pq's `run_worker`; procrastinate's worker; django-tasks-db's
+- **Drain**: the tasks are written in one transaction, then the worker starts (django-pq's
+  `pq_worker`; pq's `run_worker`; procrastinate's worker; django-tasks-db's
   `db_worker`). Throughput is tasks / (last finish - first start) from each system's own
   timestamps, so start-up is not in it. CPU per task is all the CPU of the worker processes
   and their children (`getrusage(RUSAGE_CHILDREN)`), start-up included, over the task count.
@@ -607,10 +568,12 @@ METHOD = """
 - **Enqueue**: single-row calls in autocommit, one transaction each, with the system's own
   API; bulk is one call (`enqueue_many`, procrastinate's `batch_defer`). pq 0.9.1 and
   django-tasks-db have no bulk call.
-- **Idle load**: `pg_stat_database.xact_commit` of the system's database over 60 s while
-  one warmed-up worker idles and nothing else runs in that database. Any other transaction
-  in that database in the window counts too (the benchmark's own reads, autovacuum), so
-  the figure is an upper bound; django-pq's own statements, logged by the server with
+- **Idle load**: the system's database is vacuumed first (so autovacuum has nothing to do
+  in the window), one worker is warmed up and left idle for 11 s (PostgreSQL publishes an
+  idle session's counts up to 10 s late), then `pg_stat_database.xact_commit` of that
+  database is counted over 60 s, read through `psql` from another database so the reads do
+  not count. Any other transaction in that database in the window counts too, so the figure
+  is an upper bound; django-pq's own statements, logged by the server with
   `log_statement = 'all'`, are one heartbeat every 10 s (`PQ_HEARTBEAT_INTERVAL`): 0.1 per
   second.
 - **History**: the django-pq drain repeated with a million finished rows in `pq_tasks`
@@ -618,8 +581,25 @@ METHOD = """
 - Each system runs with its defaults (pq polls every second, django-tasks-db every second,
   django-pq and procrastinate listen for notifications; log levels as shipped).
 
-Run it yourself: `tox -e bench` (or `python benchmarks/compare.py --write-docs`), or on your
-own project `python manage.py pq_bench` (see the commands reference).
+## Reproduce
+
+Use a PostgreSQL server no one else is using: every other session adds noise, above all to
+the idle load. The peers' virtualenvs come from `benchmarks/setup_peers.py`.
+
+```bash
+tox -e bench                                          # everything, rewrites this page
+python benchmarks/setup_peers.py --pq-venv /tmp/pq-venv --peers-venv /tmp/peers-venv
+python benchmarks/compare.py --write-docs             # the same without tox
+python benchmarks/compare.py --quick --systems django-pq   # a one-minute smoke run
+python benchmarks/compare.py --from-json benchmarks/results.json --write-docs  # re-render only
+# one workload of one system (drivers: djpq_driver.py, pq_driver.py, procrastinate_driver.py,
+# tasksdb_driver.py; workloads: setup, enqueue, drain, latency, idle, fork)
+DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bench_djpq \\
+    python benchmarks/drivers/djpq_driver.py drain --tasks 2000 --concurrency 2
+# where a worker's time goes, per task and phase
+DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bench_djpq \\
+    python benchmarks/profile_worker.py --tasks 2000 --concurrency 2
+```
 """
 
 

@@ -3,16 +3,23 @@
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bench_djpq \\
         python benchmarks/profile_worker.py --tasks 2000 --concurrency 2
 
-Runs ``WorkerLoop`` in this process (``--burst``, queue ``pq_bench``) with timers wrapped
-around its phases, in the parent and in every forked child, and prints milliseconds per
-task for each. The timers cost a few microseconds per call; the sampling profiler view of
-the same drain is ``py-spy record --format raw -- python -m django pq_worker --burst ...``.
+Runs ``WorkerLoop`` in this process (``--burst``, the benchmark's queue) with timers
+wrapped around the functions in :data:`TARGETS`, in the parent and in every forked child,
+and prints milliseconds per task for each; the transactions are split into claims and
+finishes by the statements they run. The timers cost a few microseconds per call; the
+sampling profiler's view of the same drain is
+``py-spy record --format raw -- python -m django pq_worker --burst ...``.
+
+The targets are private functions of the worker and change with it. A target that no
+longer exists, or that the drain never called, stops the script with a non-zero exit that
+names it: update :data:`TARGETS` to what the worker now does.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import os
 import sys
@@ -23,8 +30,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+#: (object to time, as ``module:attribute.path``, label). ``parent`` labels run in the
+#: worker parent; ``child`` labels in the forked children.
+TARGETS = [
+    ("django_pq.worker.loop:WorkerLoop._write_and_claim", "parent: record finished + claim"),
+    ("django_pq.worker.database:Database.run_in_transaction", "parent: SQL transaction"),
+    ("django_pq.worker.loop:WorkerLoop._start", "parent: start a task"),
+    ("django_pq.worker.loop:fork_child", "parent: fork_child (fork + pipes + setpgid)"),
+    ("django_pq.worker.loop:WorkerLoop._collect_children", "parent: collect reports and exits"),
+    ("django_pq.worker.loop:WorkerLoop._record", "parent: judge and buffer an outcome"),
+    ("django_pq.worker.loop:WorkerLoop._heartbeat_if_due", "parent: heartbeat if due"),
+    ("django_pq.worker.loop:WorkerLoop._wait", "parent: wait (poll)"),
+    ("django_pq.worker.child:_prepare_process", "child: prepare the process"),
+    ("django_pq.worker.child:execute", "child: execute (resolve, decode, hooks, task)"),
+    ("django_pq.worker.child:resolve", "child: resolve (import the task)"),
+    ("django_pq.worker.child:_write_line", "child: write the report"),
+]
+#: The statement that marks a transaction as recording finished tasks.
+FINISH_STATEMENT = "django_pq.worker.sql:FINISH_STATEMENT"
+
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
+sys.path[:0] = [str(HERE), str(HERE / "drivers")]
+sys.path.append(str(HERE.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "projects.djpq.settings")
 
 import django  # noqa: E402
@@ -32,44 +59,80 @@ import django  # noqa: E402
 django.setup()
 
 from django.db import connections  # noqa: E402
+from projects.djpq.tasks import noop  # noqa: E402
 
-from django_pq import bench  # noqa: E402
-from django_pq.enqueueing import enqueue_many, prepare  # noqa: E402
-from django_pq.worker import child, children, database, loop  # noqa: E402
+from django_pq import enqueue_many, prepare  # noqa: E402
 from django_pq.worker.config import WorkerConfig  # noqa: E402
+from django_pq.worker.loop import WorkerLoop  # noqa: E402
 
+QUEUE = "bench"
 TOTALS: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
 PARENT = os.getpid()
 CHILD_LOG = os.path.join(tempfile.gettempdir(), f"pq-profile-children-{PARENT}.jsonl")
+_real_exit = os._exit
 
 
-def timed(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+class MissingTarget(SystemExit):
+    """A target of the profile is not in the worker (any more)."""
+
+    def __init__(self, target: str, why: str) -> None:
+        super().__init__(
+            f"profile_worker.py: target {target} {why}; update TARGETS at the top of "
+            f"{Path(__file__).name} to what django_pq/worker does now."
+        )
+
+
+def locate(target: str) -> tuple[Any, str, Any]:
+    """The (owner, attribute name, value) that ``module:attribute.path`` names."""
+    module_name, _, path = target.partition(":")
+    try:
+        owner: Any = importlib.import_module(module_name)
+    except ImportError:
+        raise MissingTarget(target, f"is missing: no module {module_name}") from None
+    *parents, name = path.split(".")
+    for part in parents:
+        if not hasattr(owner, part):
+            raise MissingTarget(target, f"is missing: {module_name} has no {part}")
+        owner = getattr(owner, part)
+    if not hasattr(owner, name):
+        raise MissingTarget(target, f"is missing: no attribute {name}")
+    return owner, name, getattr(owner, name)
+
+
+def add(label: str, started: float) -> None:
+    entry = TOTALS[label]
+    entry[0] += 1
+    entry[1] += time.perf_counter() - started
+
+
+def timed(label: str, func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
             return func(*args, **kwargs)
         finally:
-            entry = TOTALS[name]
-            entry[0] += 1
-            entry[1] += time.perf_counter() - started
+            add(label, started)
 
     return wrapper
 
 
-def timed_sql(func: Callable[..., Any]) -> Callable[..., Any]:
+def timed_transaction(label: str, func: Callable[..., Any], finish: str) -> Callable[..., Any]:
+    """Time a transaction under ``label``, and as a claim, a finish, or both at once."""
+
     @functools.wraps(func)
-    def wrapper(self: Any, sql: str, params: Any = None) -> Any:
-        words = sql.split()
-        kind = "claim" if "claimable" in sql else words[0] if words else "?"
-        if "outcome" in sql:
-            kind = "finish"
-        return timed(f"parent: SQL {kind}", func)(self, sql, params)
+    def wrapper(self: Any, statements: list[tuple[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        finishes = any(sql == finish for sql, _ in statements)
+        claims = len(statements) > finishes
+        kind = " + ".join(k for k, yes in (("finish", finishes), ("claim", claims)) if yes)
+        started = time.perf_counter()
+        try:
+            return func(self, statements, *args, **kwargs)
+        finally:
+            add(label, started)
+            add(f"parent: SQL {kind or 'other'}", started)
 
     return wrapper
-
-
-_real_exit = os._exit
 
 
 def exit_with_report(code: int) -> None:
@@ -81,27 +144,14 @@ def exit_with_report(code: int) -> None:
 
 
 def install() -> None:
-    loop.fork_child = timed("parent: fork_child (fork + pipe + setpgid)", loop.fork_child)
-    for name in (
-        "_collect_children",
-        "_flush_outcomes",
-        "_wait",
-        "_start",
-        "_claim_if_due",
-        "_heartbeat_if_due",
-        "_reap_lost_if_due",
-        "_schedule_next_run",
-    ):
-        if hasattr(loop.WorkerLoop, name):  # the loop changes; time what it has
-            setattr(loop.WorkerLoop, name, timed(f"parent: {name}", getattr(loop.WorkerLoop, name)))
-    children.judge = timed("parent: judge", children.judge)
-    loop.judge = children.judge
-    database.Database.execute = timed_sql(database.Database.execute)  # type: ignore[method-assign]
-    loop.logger.info = timed("parent: logger.info", loop.logger.info)  # type: ignore[method-assign]
-    child._prepare_process = timed("child: _prepare_process", child._prepare_process)
-    child.resolve = timed("child: resolve (import task)", child.resolve)
-    child.execute = timed("child: execute (whole)", child.execute)
-    child.connections.close_all = timed("child: connections.close_all", connections.close_all)
+    """Wrap every target; stop with the first that is missing, before anything runs."""
+    located = [(locate(target), label) for target, label in TARGETS]
+    finish = locate(FINISH_STATEMENT)[2]
+    for (owner, name, func), label in located:
+        if name == "run_in_transaction":
+            setattr(owner, name, timed_transaction(label, func, finish))
+        else:
+            setattr(owner, name, timed(label, func))
     os._exit = exit_with_report
 
 
@@ -110,33 +160,39 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args()
-    with connections["default"].cursor() as cursor:
-        cursor.execute("DELETE FROM pq_tasks WHERE queue = %s", [bench.QUEUE])
-    enqueue_many(prepare(bench.noop, queue=bench.QUEUE) for _ in range(args.tasks))
     install()
-    config = WorkerConfig.from_settings(
-        concurrency=args.concurrency, queues=(bench.QUEUE,), burst=True
-    )
+    with connections["default"].cursor() as cursor:
+        cursor.execute("DELETE FROM pq_tasks WHERE queue = %s", [QUEUE])
+    enqueue_many(prepare(noop, queue=QUEUE) for _ in range(args.tasks))
+    config = WorkerConfig.from_settings(concurrency=args.concurrency, queues=(QUEUE,), burst=True)
     started = time.perf_counter()
-    loop.WorkerLoop(config).run()
+    WorkerLoop(config).run()
     wall = time.perf_counter() - started
-    child_totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    for line in Path(CHILD_LOG).read_text().splitlines():
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    totals.update({name: entry for name, entry in TOTALS.items() if name.startswith("parent")})
+    log = Path(CHILD_LOG)
+    for line in log.read_text().splitlines() if log.exists() else []:
         for name, (count, seconds) in json.loads(line).items():
             if name.startswith("child"):
-                child_totals[name][0] += count
-                child_totals[name][1] += seconds
-    os.unlink(CHILD_LOG)
+                totals[name][0] += count
+                totals[name][1] += seconds
+    log.unlink(missing_ok=True)
+    with connections["default"].cursor() as cursor:
+        cursor.execute("DELETE FROM pq_tasks WHERE queue = %s", [QUEUE])
     print(
         f"{args.tasks} tasks, concurrency {args.concurrency}: {wall:.2f}s wall, "
         f"{args.tasks / wall:.1f} tasks/s, {wall * 1000 / args.tasks:.2f} ms wall per task"
     )
     print(f"{'phase':<52} {'calls':>7} {'ms/task':>8}")
-    for name, (count, seconds) in sorted({**TOTALS, **child_totals}.items()):
-        if name.startswith("parent") or name in child_totals:
-            print(f"{name:<52} {int(count):>7} {seconds * 1000 / args.tasks:>8.3f}")
-    with connections["default"].cursor() as cursor:
-        cursor.execute("DELETE FROM pq_tasks WHERE queue = %s", [bench.QUEUE])
+    for name, (count, seconds) in sorted(totals.items()):
+        print(f"{name:<52} {int(count):>7} {seconds * 1000 / args.tasks:>8.3f}")
+    never = [f"{target} ({label})" for target, label in TARGETS if label not in totals]
+    if never:
+        raise SystemExit(
+            "profile_worker.py: the drain never called "
+            + ", ".join(never)
+            + f"; the worker no longer goes through it: update TARGETS in {Path(__file__).name}."
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
 
 import os
 import sys
+from pathlib import Path
+
+# The throwaway PostgreSQL (devdb.py) lives at the repository root, outside the package;
+# appended, so an installed django-pq still comes before the repository's copy.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Shared fixtures. The database is a real PostgreSQL (see django_pq/devdb.py)."""
+"""Shared fixtures. The database is a real PostgreSQL (see devdb.py at the repository root)."""
 
 from __future__ import annotations
 

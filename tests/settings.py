@@ -1,6 +1,6 @@
 """Settings for django-pq's own test suite: a real PostgreSQL, never SQLite."""
 
-from django_pq.devdb import database_settings
+from devdb import database_settings
 
 SECRET_KEY = "django-pq-tests-not-secret"
 DEBUG = False

@@ -1,126 +1,107 @@
-"""Smoke tests of the benchmark tools: they run on tiny sizes and report sane figures.
+"""Smoke tests of the benchmark tools in ``benchmarks/``: they run on tiny sizes and report.
 
 No speed is asserted here: figures depend on the machine. What is asserted is that every
-workload runs with real workers, reports the figures the docs name, and leaves no rows.
+workload of django-pq's driver runs with real workers, reports the figures the
+performance page names, and leaves no rows; that the side-by-side script renders its page;
+and that the worker profile times every target it names.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
-from io import StringIO
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-from django.core.management import CommandError, call_command
 from django.db import connection
 
-from django_pq.bench import QUEUE, noop, record_start
-from django_pq.models import Task, Worker
+from django_pq.models import Task
 from tests.worker.conftest import test_database_url
 
 REPO = Path(__file__).resolve().parents[1]
-
-TINY = [
-    "--tasks=12",
-    "--concurrency=2",
-    "--enqueue-count=5",
-    "--bulk-count=20",
-    "--latency-samples=2",
-    "--idle-seconds=0.5",
-    "--forks=5",
-]
+DRIVER = REPO / "benchmarks" / "drivers" / "djpq_driver.py"
+needs_psql = pytest.mark.skipif(shutil.which("psql") is None, reason="the benchmark drives psql")
 
 
-#: The benchmark's tasks are django-pq's own: allowed by name, as pq_bench asks users to.
-BENCH_ALLOWED = ["tests.testapp", "django_pq.bench"]
+def run_driver(tmp_path: Path, *args: str, **env: str) -> dict[str, Any]:
+    """One workload of django-pq's driver against the test database; its JSON."""
+    server = test_database_url().rsplit("/", 1)[0]
+    done = subprocess.run(
+        [sys.executable, str(DRIVER), *args, "--log", str(tmp_path / "worker.log")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "DATABASE_URL": f"{server}/{connection.settings_dict['NAME']}",
+            "BENCH_ADMIN_URL": f"{server}/postgres",
+            "DJANGO_SETTINGS_MODULE": "projects.djpq.settings",
+            "PYTHONPATH": str(REPO),
+            **env,
+        },
+    )
+    log = tmp_path / "worker.log"
+    assert done.returncode == 0, done.stderr + (log.read_text() if log.exists() else "")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-@pytest.fixture
-def bench_env(transactional_db: None, monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
-    """Workers started by pq_bench use the test database and the test settings."""
-    monkeypatch.setenv("DATABASE_URL", test_database_url())
-    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "tests.settings")
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    settings.PQ_ALLOWED_MODULES = BENCH_ALLOWED
-    monkeypatch.setenv("DJANGO_PQ_TEST_SETTINGS", json.dumps({"PQ_ALLOWED_MODULES": BENCH_ALLOWED}))
-
-
-def run_bench(*args: str) -> str:
-    out = StringIO()
-    call_command("pq_bench", *TINY, *args, stdout=out, stderr=StringIO())
-    return out.getvalue()
+def assert_no_benchmark_rows() -> None:
+    assert not Task.objects.filter(queue="bench").exists()
 
 
 @pytest.mark.slow
-def test_pq_bench_reports_every_workload_and_cleans_up(bench_env: None) -> None:
-    report = json.loads(run_bench("--json"))
-    results = report["results"]
-    assert set(results) == {"fork", "enqueue", "drain", "latency", "idle"}
-    assert results["fork"]["ms_per_fork"] > 0
-    assert results["fork"]["parallel_per_second"] > 0
-    assert results["enqueue"]["single_per_second"] > 0
-    assert results["enqueue"]["bulk_per_second"] > 0
-    assert results["drain"]["tasks"] == 12
-    assert results["drain"]["per_second"] > 0
-    assert results["drain"]["cpu_ms_per_task"] > 0
-    latency = results["latency"]
+def test_driver_drains_with_real_workers(tmp_path: Path, transactional_db: None) -> None:
+    drain = run_driver(tmp_path, "drain", "--tasks", "6", "--concurrency", "2")
+    assert drain["tasks"] == 6
+    assert drain["per_second"] > 0
+    assert drain["cpu_ms_per_task"] > 0
+    two = run_driver(tmp_path, "drain", "--tasks", "4", "--concurrency", "1", "--workers", "2")
+    assert two["workers"] == 2
+    assert two["per_second"] > 0
+    assert_no_benchmark_rows()
+
+
+@pytest.mark.slow
+def test_driver_passes_worker_flags(tmp_path: Path, transactional_db: None) -> None:
+    reuse = run_driver(
+        tmp_path, "drain", "--tasks", "6", BENCH_DJPQ_WORKER_ARGS="--tasks-per-child=3"
+    )
+    assert reuse["per_second"] > 0
+    # Six tasks in children of three: two forks, not six.
+    log = (tmp_path / "worker.log").read_text()
+    assert len({line.rsplit(" ", 1)[-1] for line in log.splitlines() if "in pid" in line}) <= 4
+    assert_no_benchmark_rows()
+
+
+@pytest.mark.slow
+def test_driver_measures_latency_enqueue_and_fork(tmp_path: Path, transactional_db: None) -> None:
+    latency = run_driver(tmp_path, "latency", "--samples", "2")
     assert latency["samples"] == 2
     assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
-    assert results["idle"]["per_second"] >= 0
-    assert report["machine"]["postgres"]
-    assert report["machine"]["cpus"] >= 1
-    # Nothing of the benchmark is left behind.
-    assert not Task.objects.filter(queue=QUEUE).exists()
-    assert not Worker.objects.filter(queues=[QUEUE]).exists()
+    enqueue = run_driver(tmp_path, "enqueue", "--count", "3", "--bulk", "5")
+    assert enqueue["single_per_second"] > 0
+    assert enqueue["bulk_per_second"] > 0
+    fork = run_driver(tmp_path, "fork", "--forks", "5", "--concurrency", "2")
+    assert fork["forks"] == 5
+    assert fork["ms_per_fork"] > 0
+    assert fork["parallel_per_second"] > 0
+    assert_no_benchmark_rows()
 
 
 @pytest.mark.slow
-def test_pq_bench_prints_a_table_for_chosen_workloads(bench_env: None) -> None:
-    table = run_bench("--only=drain", "--only=fork")
-    assert "drain throughput, no-op tasks (/s)" in table
-    assert "drain / fork floor at concurrency" in table
-    assert "pickup latency" not in table
-
-
-def test_pq_bench_leaves_the_projects_own_tasks_alone(bench_env: None) -> None:
-    from django_pq.enqueueing import enqueue
-
-    mine = enqueue(noop)
-    run_bench("--only=enqueue")
-    assert Task.objects.filter(pk=mine.pk).exists()
-    assert not Task.objects.filter(queue=QUEUE).exists()
-
-
-@pytest.mark.parametrize(
-    ("flag", "message"),
-    [("--tasks=0", "tasks must be at least 1"), ("--idle-seconds=0", "idle-seconds")],
-)
-def test_pq_bench_refuses_bad_sizes(flag: str, message: str) -> None:
-    with pytest.raises(CommandError, match=message):
-        call_command("pq_bench", flag, stdout=StringIO(), stderr=StringIO())
-
-
-def test_pq_bench_asks_for_its_module_to_be_allowed(transactional_db: None) -> None:
-    with pytest.raises(CommandError, match=r"add 'django_pq\.bench' to PQ_ALLOWED_MODULES"):
-        run_bench()
-
-
-def test_record_start_appends_a_sample_line(tmp_path: Path) -> None:
-    path = tmp_path / "starts"
-    path.touch()
-    record_start(str(path), 3)
-    record_start(str(path), 4)
-    lines = path.read_text().splitlines()
-    assert [line.split()[0] for line in lines] == ["3", "4"]
-    assert all(float(line.split()[1]) > 0 for line in lines)
-    assert noop() is None
+@needs_psql
+def test_driver_counts_an_idle_workers_commits(tmp_path: Path, transactional_db: None) -> None:
+    idle = run_driver(tmp_path, "idle", "--seconds", "0.5")
+    assert idle["seconds"] >= 0.5
+    assert idle["commits"] >= 0
+    assert_no_benchmark_rows()
 
 
 # -- the side-by-side script ---------------------------------------------------------------
@@ -194,7 +175,7 @@ def test_compare_renders_ratios_and_targets() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("psql") is None, reason="compare.py drives psql")
+@needs_psql
 def test_compare_quick_run_of_django_pq(tmp_path: Path, transactional_db: None) -> None:
     params = connection.settings_dict
     admin = test_database_url().rsplit("/", 1)[0] + "/" + params["NAME"]
@@ -225,3 +206,74 @@ def test_compare_quick_run_of_django_pq(tmp_path: Path, transactional_db: None) 
     drain = data["summary"]["django-pq"]["drain"]["per_second"]
     assert drain["min"] <= drain["median"] <= drain["max"]
     assert "## Targets" in done.stdout
+
+
+# -- the worker profile --------------------------------------------------------------------
+
+PROFILE = REPO / "benchmarks" / "profile_worker.py"
+
+
+def profile_targets() -> list[tuple[str, str]]:
+    """The script's TARGETS list, read from its source (importing it sets Django up)."""
+    tree = ast.parse(PROFILE.read_text())
+    node = next(
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "TARGETS"
+    )
+    return list(ast.literal_eval(node))
+
+
+def run_profile(*prelude: str) -> subprocess.CompletedProcess[str]:
+    """The profile on four tasks, against the test database, after ``prelude`` statements."""
+    server = test_database_url().rsplit("/", 1)[0]
+    code = "\n".join(
+        [
+            "import runpy, sys",
+            *prelude,
+            f"sys.argv = [{str(PROFILE)!r}, '--tasks', '4']",
+            f"runpy.run_path({str(PROFILE)!r}, run_name='__main__')",
+        ]
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **os.environ,
+            "DATABASE_URL": f"{server}/{connection.settings_dict['NAME']}",
+            "DJANGO_SETTINGS_MODULE": "projects.djpq.settings",
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO / "benchmarks"), str(REPO / "benchmarks" / "drivers"), str(REPO)]
+            ),
+        },
+    )
+
+
+@pytest.mark.slow
+def test_profile_reports_every_target(transactional_db: None) -> None:
+    done = run_profile()
+    assert done.returncode == 0, done.stderr
+    assert "4 tasks, concurrency 2" in done.stdout
+    rows = {line[:52].strip(): line[52:].split() for line in done.stdout.splitlines()[2:]}
+    for target, label in profile_targets():
+        assert label in rows, f"{target} ({label}) not reported:\n{done.stdout}"
+        assert int(rows[label][0]) > 0
+    # Claims and finishes are told apart.
+    assert any(label.startswith("parent: SQL") and "claim" in label for label in rows)
+    assert any(label.startswith("parent: SQL") and "finish" in label for label in rows)
+    assert_no_benchmark_rows()
+
+
+def test_profile_fails_naming_a_target_the_worker_lost(transactional_db: None) -> None:
+    # What a rename in the worker looks like to the script: the method is gone.
+    done = run_profile(
+        "import django; django.setup()",
+        "from django_pq.worker.loop import WorkerLoop",
+        "del WorkerLoop._write_and_claim",
+    )
+    assert done.returncode != 0
+    assert "target django_pq.worker.loop:WorkerLoop._write_and_claim is missing" in done.stderr
+    assert "update TARGETS" in done.stderr
+    assert_no_benchmark_rows()

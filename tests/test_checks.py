@@ -168,12 +168,12 @@ def test_unknown_pq_setting_is_w001_with_a_suggestion() -> None:
 
 
 def test_allowed_modules_outside_the_project_are_warned_about() -> None:
-    allowed = ["tests.testapp", "django_pq.bench", "json", "django_tasks", "sys", "nowhere_x"]
+    allowed = ["tests.testapp", "django_pq.worker.children", "json", "django_tasks", "sys", "nowhere_x"]
     with override_settings(PQ_ALLOWED_MODULES=allowed):
         warnings = check_allowed_modules_in_project()
     assert {warning.id for warning in warnings} == {"django_pq.W002"}
     named = [warning.msg.split("'")[1] for warning in warnings]
-    assert named == ["django_pq.bench", "json", "django_tasks", "sys", "nowhere_x"]
+    assert named == ["django_pq.worker.children", "json", "django_tasks", "sys", "nowhere_x"]
     assert "SILENCED_SYSTEM_CHECKS" in (warnings[0].hint or "")
     with override_settings(PQ_ALLOWED_MODULES=["tests.testapp"]):
         assert check_allowed_modules_in_project() == []

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.test import override_settings
 
 import django_pq as pq
-from django_pq import bench
+from django_pq import task_paths
 from django_pq.models import ErrorCode, Status, Task
 from django_pq.task_paths import allowed_modules, resolve
 from tests.worker import conftest as worker_fixtures
@@ -28,11 +28,11 @@ WITH_A_THIRD_PARTY_APP = [*settings.INSTALLED_APPS, "django_tasks"]
 NO_SUCH_GROUP = 2**30
 
 
-def hostile_rows(marker: Path) -> dict[str, tuple[str, list[Any]]]:
+def hostile_rows() -> dict[str, tuple[str, list[Any]]]:
     """Rows a database writer could add, each naming a function outside the project."""
     return {
         "django-pq's process killer": ("django_pq.worker.children:kill_group", [NO_SUCH_GROUP]),
-        "django-pq's file writer": ("django_pq.bench:record_start", [str(marker), 1]),
+        "django-pq's own helper": ("django_pq.task_paths:allowed_modules", []),
         "the standard library": ("json:dumps", [[1, 2]]),
         "a pip-installed app": ("django_tasks.utils:get_random_id", []),
         "a third-party package": ("django.utils.text:slugify", ["Hello World"]),
@@ -40,13 +40,12 @@ def hostile_rows(marker: Path) -> dict[str, tuple[str, list[Any]]]:
 
 
 def run_hostile_rows(
-    start_worker: Callable[..., WorkerProcess], marker: Path, **settings: Any
+    start_worker: Callable[..., WorkerProcess], **settings: Any
 ) -> dict[str, Task]:
     """Write the rows, run a worker with ``settings`` to completion, return them as it left them."""
-    marker.touch()
     ids = {
         label: Task.objects.create(name=name, payload={"args": args, "kwargs": {}}).pk
-        for label, (name, args) in hostile_rows(marker).items()
+        for label, (name, args) in hostile_rows().items()
     }
     run_burst(start_worker, settings={"INSTALLED_APPS": WITH_A_THIRD_PARTY_APP, **settings})
     return {label: Task.objects.get(pk=pk) for label, pk in ids.items()}
@@ -69,7 +68,7 @@ def test_an_app_outside_base_dir_is_not_the_projects(tmp_path: Path) -> None:
     ("path", "reason"),
     [
         ("django_pq.worker.children:kill_group", "part of django-pq itself"),
-        ("django_pq.bench:record_start", "part of django-pq itself"),
+        ("django_pq.task_paths:resolve", "part of django-pq itself"),
         ("json:dumps", "outside the project directory"),
         ("django.core.management:call_command", "site-packages"),
         ("croniter:croniter", "site-packages"),
@@ -84,36 +83,30 @@ def test_resolving_a_name_outside_the_project_says_why(path: str, reason: str) -
 
 def test_enqueueing_django_pqs_own_function_is_refused(db: None) -> None:
     with pytest.raises(pq.NotATaskFunction, match="part of django-pq itself"):
-        pq.enqueue(bench.noop)
-    with override_settings(PQ_ALLOWED_MODULES=["tests.testapp", "django_pq.bench"]):
-        assert pq.enqueue(bench.noop).name == "django_pq.bench:noop"
+        pq.enqueue(task_paths.allowed_modules)
+    with override_settings(PQ_ALLOWED_MODULES=["tests.testapp", "django_pq.task_paths"]):
+        task = pq.enqueue(task_paths.allowed_modules)
+        assert task.name == "django_pq.task_paths:allowed_modules"
 
 
-def test_a_worker_runs_none_of_them_by_default(
-    start_worker: Callable[..., WorkerProcess], tmp_path: Path
-) -> None:
-    marker = tmp_path / "written"
-    for label, task in run_hostile_rows(start_worker, marker).items():
+def test_a_worker_runs_none_of_them_by_default(start_worker: Callable[..., WorkerProcess]) -> None:
+    for label, task in run_hostile_rows(start_worker).items():
         assert (task.status, task.error_code) == (Status.FAILED, ErrorCode.UNKNOWN_TASK), label
         assert "PQ_ALLOWED_MODULES" in task.error and "own apps" in task.error, task.error
-    assert marker.read_text() == ""
 
 
-def test_a_worker_runs_them_when_they_are_named(
-    start_worker: Callable[..., WorkerProcess], tmp_path: Path
-) -> None:
-    marker = tmp_path / "written"
+def test_a_worker_runs_them_when_they_are_named(start_worker: Callable[..., WorkerProcess]) -> None:
     allowed = [
         "tests.testapp",
         "django_pq.worker.children",
-        "django_pq.bench",
+        "django_pq.task_paths",
         "json",
         "django_tasks",
         "django.utils.text",
     ]
-    ran = run_hostile_rows(start_worker, marker, PQ_ALLOWED_MODULES=allowed)
+    ran = run_hostile_rows(start_worker, PQ_ALLOWED_MODULES=allowed)
     for label, task in ran.items():
         assert task.status == Status.COMPLETED, (label, task.error)
     assert ran["a third-party package"].result == "hello-world"
     assert ran["the standard library"].result == json.dumps([1, 2])
-    assert marker.read_text().startswith("1 ")
+    assert ran["django-pq's own helper"].decoded_result() == tuple(allowed)

@@ -1,18 +1,22 @@
-"""The workloads every peer driver runs, the same way for each system (standard library only).
+"""The workloads every driver runs, the same way for each system (standard library only).
 
 A driver module describes its system with a :class:`System` (how to enqueue one task,
 enqueue many, start a worker process, read how far a drain got) and calls :func:`main`.
 Each invocation runs one workload and prints one JSON object on stdout, so
 ``benchmarks/compare.py`` can run drivers in their own virtualenvs and Python versions.
 
-Timing rules shared by all systems (and by ``manage.py pq_bench`` for django-pq):
+Timing rules shared by all systems, django-pq included (``djpq_driver.py``):
 
 - drain: tasks are written in one transaction before the worker starts; throughput is
   tasks / (last finish - first start), from the system's own database timestamps;
 - latency: one task at a time to an idle, warmed-up worker; from the enqueue call
   returning (committed) to the task's first line, written to a FIFO;
-- idle: ``pg_stat_database.xact_commit`` of the system's own database, read from another
-  database through ``psql`` so the reads do not count.
+- idle: the system's database is vacuumed first (so autovacuum has nothing to do), a
+  warmed-up worker idles past PostgreSQL's statistics delay, then
+  ``pg_stat_database.xact_commit`` of that database is read from another database through
+  ``psql`` so the reads do not count;
+- fork: the floor under fork-per-task, a fork that exits at once and its ``waitpid``, from
+  the driver's process (the system loaded, like a worker).
 """
 
 from __future__ import annotations
@@ -161,8 +165,13 @@ def _warm_worker(system: System, log: str) -> tuple[subprocess.Popen[bytes], _St
     system.clear()
     starts = _Starts()
     worker = _start_worker(system, 2, log)
-    system.enqueue_record(starts.path, -1)
-    starts.wait(-1, 60.0)
+    try:
+        system.enqueue_record(starts.path, -1)
+        starts.wait(-1, 60.0)
+    except BaseException:
+        _stop(worker)
+        starts.close()
+        raise
     return worker, starts
 
 
@@ -193,25 +202,37 @@ def latency(system: System, samples: int, log: str) -> dict[str, object]:
     }
 
 
-def _commits(database: str) -> int:
-    output = subprocess.run(
-        [
-            "psql", "-X", "-At", "-d", os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
-            "-c", f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{database}'",
-        ],
+#: An idle backend publishes its statistics up to 10 s late (PostgreSQL's
+#: PGSTAT_IDLE_INTERVAL): start-up chores must reach the counter before the window opens.
+STATISTICS_DELAY = 11.0
+
+
+def _admin_url() -> str:
+    return os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _psql(url: str, sql: str) -> str:
+    return subprocess.run(
+        ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
         check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    return int(output.strip())
+    ).stdout.strip()  # fmt: skip
+
+
+def _commits(database: str) -> int:
+    sql = f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{database}'"
+    return int(_psql(_admin_url(), sql))
 
 
 def idle(system: System, seconds: float, log: str) -> dict[str, object]:
+    # Autovacuum's transactions count in the same counter: leave it nothing to do.
+    _psql(_admin_url().rsplit("/", 1)[0] + "/" + system.database, "VACUUM ANALYZE")
     worker, starts = _warm_worker(system, log)
     try:
-        time.sleep(2.0)  # start-up chores pass
+        time.sleep(STATISTICS_DELAY)
         first = _commits(system.database)
         started = time.perf_counter()
         time.sleep(seconds)
-        time.sleep(1.1)  # a session publishes its counts within about a second
+        time.sleep(1.1)  # a busy session publishes its counts within about a second
         last = _commits(system.database)
         elapsed = time.perf_counter() - started
     finally:
@@ -221,10 +242,46 @@ def idle(system: System, seconds: float, log: str) -> dict[str, object]:
     return {"seconds": elapsed, "commits": last - first, "per_second": (last - first) / elapsed}
 
 
+def fork(forks: int, concurrency: int) -> dict[str, object]:
+    """Fork a child that exits at once and wait for it: serially, then ``concurrency`` at once."""
+    started = time.perf_counter()
+    for _ in range(forks):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    serial = time.perf_counter() - started
+    started = time.perf_counter()
+    in_flight = 0
+    for _ in range(forks):
+        if in_flight >= concurrency:
+            os.wait()
+            in_flight -= 1
+        if os.fork() == 0:
+            os._exit(0)
+        in_flight += 1
+    while in_flight:
+        os.wait()
+        in_flight -= 1
+    parallel = time.perf_counter() - started
+    with open("/proc/self/statm") as statm:
+        rss_mb = int(statm.read().split()[1]) * resource.getpagesize() / 1048576
+    return {
+        "forks": forks,
+        "ms_per_fork": serial * 1000 / forks,
+        "serial_per_second": forks / serial,
+        "concurrency": concurrency,
+        "parallel_per_second": forks / parallel,
+        "rss_mb": rss_mb,
+    }
+
+
 def main(system: System) -> None:
     """Parse ``WORKLOAD [options]``, run it, print its JSON."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("workload", choices=["setup", "enqueue", "drain", "latency", "idle"])
+    parser.add_argument(
+        "workload", choices=["setup", "enqueue", "drain", "latency", "idle", "fork"]
+    )
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--bulk", type=int, default=2000)
     parser.add_argument("--tasks", type=int, default=2000)
@@ -232,6 +289,7 @@ def main(system: System) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--samples", type=int, default=25)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--forks", type=int, default=500)
     parser.add_argument("--log", default=os.path.join(tempfile.gettempdir(), "bench-worker.log"))
     args = parser.parse_args()
     if args.workload == "setup":
@@ -243,7 +301,9 @@ def main(system: System) -> None:
         result = drain(system, args.tasks, args.concurrency, args.workers, args.log)
     elif args.workload == "latency":
         result = latency(system, args.samples, args.log)
-    else:
+    elif args.workload == "idle":
         result = idle(system, args.seconds, args.log)
+    else:
+        result = fork(args.forks, args.concurrency)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

@@ -16,7 +16,7 @@ Database: PostgreSQL only, resolved the same way as django-pq's own tests.
 
 from pathlib import Path
 
-from django_pq.devdb import database_settings
+from devdb import database_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from django_pq.devdb import ThrowawayPostgres
+from devdb import ThrowawayPostgres
 from django_pq.models import ErrorCode
 from tests.worker.conftest import FAST_LIVENESS, REPO, test_database_url, wait_until
 

@@ -326,7 +326,7 @@ class Soak:
 
 
 def _throwaway_database() -> Any:
-    from django_pq.devdb import ThrowawayPostgres
+    from devdb import ThrowawayPostgres
 
     # Durable (fsync and synchronous commit on): an immediate restart is a crash, and a
     # cluster that acknowledged commits it had not flushed would lose them by itself.

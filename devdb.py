@@ -1,4 +1,10 @@
-"""A database for tests and the demo: ``DATABASE_URL``, or a throwaway PostgreSQL of our own.
+"""A database for our tests, the example project and the benchmarks: ``DATABASE_URL``, or a
+throwaway PostgreSQL of our own.
+
+This module is development tooling of the repository, not part of django-pq: it sits
+outside ``django_pq/`` so the wheel does not ship it (``tests/test_wheel.py`` checks).
+Projects that want the same for their own test suites have well-kept tools for it
+(pytest-postgresql, pgserver, testing.postgresql); see docs/how-to/testing.md.
 
 ``database_url()`` returns ``DATABASE_URL`` when it is set. Otherwise it starts a private
 cluster in a temporary directory (from the PostgreSQL binaries on the machine, or the
@@ -149,7 +155,7 @@ class ThrowawayPostgres:
         watcher = (
             "import os, sys, time\n"
             "from pathlib import Path\n"
-            "from django_pq.devdb import ThrowawayPostgres\n"
+            "from devdb import ThrowawayPostgres\n"
             "owner = int(sys.argv[1])\n"
             "while Path(f'/proc/{owner}').exists():\n"
             "    time.sleep(1)\n"
@@ -173,7 +179,7 @@ class ThrowawayPostgres:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)},
         )
 
 
