@@ -168,7 +168,14 @@ def test_unknown_pq_setting_is_w001_with_a_suggestion() -> None:
 
 
 def test_allowed_modules_outside_the_project_are_warned_about() -> None:
-    allowed = ["tests.testapp", "django_pq.worker.children", "json", "django_tasks", "sys", "nowhere_x"]
+    allowed = [
+        "tests.testapp",
+        "django_pq.worker.children",
+        "json",
+        "django_tasks",
+        "sys",
+        "nowhere_x",
+    ]
     with override_settings(PQ_ALLOWED_MODULES=allowed):
         warnings = check_allowed_modules_in_project()
     assert {warning.id for warning in warnings} == {"django_pq.W002"}
