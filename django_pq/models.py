@@ -273,12 +273,6 @@ class PeriodicQuerySet(models.QuerySet["Periodic"]):
     def active(self) -> PeriodicQuerySet:
         return self.filter(active=True)
 
-    def paused(self) -> PeriodicQuerySet:
-        return self.filter(active=False)
-
-    def due(self) -> PeriodicQuerySet:
-        return self.filter(active=True, next_run__lte=Now())
-
 
 class Periodic(models.Model):
     """A schedule that fires task rows: ``pq_periodic``."""

@@ -19,13 +19,8 @@ from django_pq.admin.permissions import PERIODIC_PERMISSIONS, TASK_PERMISSIONS
 from django_pq.models import Periodic, Status, Task, Worker
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Until pyproject.toml lists it (--strict-markers refuses unknown markers).
-    config.addinivalue_line("markers", "browser: end-to-end tests in headless Chromium")
-
-
 def permission(codename: str) -> Permission:
-    """The permission ``django_pq.<codename>``, created if the models do not declare it yet."""
+    """The permission ``django_pq.<codename>`` (declared in the models' ``Meta.permissions``)."""
     names = dict(TASK_PERMISSIONS + PERIODIC_PERMISSIONS)
     model: type[Task | Periodic | Worker] = Task
     if "periodic" in codename:
