@@ -41,7 +41,13 @@ def run_and_list(tmpdir: Path, url: str) -> list[str]:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *LEAKY_BEFORE],
         cwd=REPO,
-        env={**os.environ, "TMPDIR": str(tmpdir), "DATABASE_URL": url, "PYTHONPATH": str(REPO)},
+        env={
+            # Without tox's suffix for this run's test database: the name is new already.
+            **{key: value for key, value in os.environ.items() if key != "TOX_PARALLEL_ENV"},
+            "TMPDIR": str(tmpdir),
+            "DATABASE_URL": url,
+            "PYTHONPATH": str(REPO),
+        },
         capture_output=True,
         text=True,
         timeout=600,
