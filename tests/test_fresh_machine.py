@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from django.db import connection
+
+from django_pq.devdb import ThrowawayPostgres
+from tests.worker.conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,3 +60,34 @@ def run_and_list(tmpdir: Path, url: str) -> list[str]:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return sorted(path.name for path in tmpdir.iterdir())
+
+
+def test_the_throwaway_clusters_watcher_is_not_measured_by_coverage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It outlives the test run; measured, it wrote its coverage data while (or after) the
+    run's data was combined: "isn't a coverage data file" warnings, and stray files."""
+    monkeypatch.setenv("COVERAGE_PROCESS_CONFIG", "{}")
+    owner = subprocess.Popen(["sleep", "60"])
+    cluster = ThrowawayPostgres.__new__(ThrowawayPostgres)
+    cluster.bin_dir, cluster.root, cluster._as_user = tmp_path / "bin", tmp_path / "root", []
+    try:
+        cluster.destroy_when_gone(owner.pid)
+        [watcher] = wait_until(lambda: _processes_naming(str(cluster.root)), 30, "the watcher")
+        environ = Path(f"/proc/{watcher}/environ").read_bytes().split(b"\0")
+        assert not [entry for entry in environ if entry.startswith(b"COVERAGE_PROCESS_")]
+    finally:
+        owner.kill()
+        owner.wait()
+        for pid in _processes_naming(str(cluster.root)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
