@@ -3,11 +3,57 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from typing import NoReturn
 
 import psycopg
 import pytest
 from django.db import connection
+
+#: The run's own temporary directory (see ``pytest_configure``), and what it replaced.
+_RUN_TMP: dict[str, str | None] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the run a temporary directory of its own, removed when the run ends.
+
+    Worker logs, marker files, Chromium's profiles and whatever the subprocesses put in
+    ``$TMPDIR`` all land there, so a run leaves nothing behind in the machine's /tmp.
+    (The throwaway PostgreSQL of tests/settings.py starts before this and cleans up
+    after itself.) Other users must reach into it: the private clusters run as postgres.
+    """
+    directory = tempfile.mkdtemp(prefix="pq-tests-")
+    os.chmod(directory, 0o755)
+    _RUN_TMP.update(directory=directory, environ=os.environ.get("TMPDIR"))
+    os.environ["TMPDIR"] = tempfile.tempdir = directory
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    directory = _RUN_TMP.pop("directory", None)
+    if directory is None:
+        return
+    previous = _RUN_TMP.pop("environ", None)
+    if previous is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous
+    tempfile.tempdir = None
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def in_ci() -> bool:
+    """Whether this is a CI run (``CI`` set, as CI services do), where nothing may skip."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """A tool the test needs is missing: skip, with ``reason`` in the summary; fail in CI."""
+    if in_ci():
+        pytest.fail(f"{reason} (required with CI={os.environ['CI']})")
+    pytest.skip(reason)
 
 
 def connect_like_django(autocommit: bool = True) -> psycopg.Connection:

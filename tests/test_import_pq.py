@@ -26,6 +26,7 @@ from django.db import connection
 from psycopg.rows import dict_row
 
 from django_pq.codec import decode_payload, decode_value
+from tests.conftest import skip_or_fail
 from tests.realpq import install
 from tests.realpq.tasks import describe_call
 
@@ -113,10 +114,10 @@ def pq_template() -> Iterator[tuple[str, Path, Path]]:
     """A database real pq filled, after the how-to's move and django-pq's migrations."""
     python, reason = install.find_python()
     if python is None:
-        # CI sets DJANGO_PQ_REALPQ_REQUIRED, so a runner without Python 3.13 fails there.
+        # Under CI (or with DJANGO_PQ_REALPQ_REQUIRED set) a runner without Python 3.13 fails.
         if os.environ.get("DJANGO_PQ_REALPQ_REQUIRED"):
             pytest.fail(f"{reason}; DJANGO_PQ_REALPQ_REQUIRED is set")
-        pytest.skip(reason)
+        skip_or_fail(reason)
     pq_python = install.pq_python(python)
     dill = install.dill_path(pq_python)
     name = f"{connection.settings_dict['NAME']}_realpq"

@@ -33,6 +33,7 @@ import pytest
 
 from devdb import ThrowawayPostgres
 from django_pq.models import ErrorCode
+from tests.conftest import skip_or_fail
 from tests.worker.conftest import FAST_LIVENESS, REPO, test_database_url, wait_until
 
 SCALE = float(os.environ.get("DJANGO_PQ_FAULT_SCALE", "0.03"))
@@ -228,7 +229,7 @@ class Fleet:
             extra["DJANGO_PQ_CRASH_AT"] = crash_at
         if faketime:
             if not FAKETIME_LIBRARY.exists():
-                pytest.fail(
+                skip_or_fail(
                     f"libfaketime is missing ({FAKETIME_LIBRARY}): apt-get install faketime"
                 )
             extra.update(LD_PRELOAD=str(FAKETIME_LIBRARY), FAKETIME=faketime)

@@ -13,7 +13,8 @@ from django_pq.exceptions import TaskRefused
 class Command(BaseCommand):
     help = (
         "Create or update the schedules declared with @pq.periodic and PQ_SCHEDULES. "
-        "Pauses made in the admin are kept. Exit codes: 0 synced, 1 a declaration is invalid."
+        "Pauses made in the admin are kept. -v 0 prints nothing but errors. "
+        "Exit codes: 0 synced, 1 a declaration is invalid."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -29,6 +30,8 @@ class Command(BaseCommand):
             report = sync_schedules(prune=options["prune"])
         except TaskRefused as error:
             raise CommandError(str(error)) from None
+        if options["verbosity"] < 1:
+            return
         for label, names in (
             ("created", report.created),
             ("updated", report.updated),

@@ -6,6 +6,7 @@ through the shop page gets its receipt from the worker) and exits: this is how C
 
 from __future__ import annotations
 
+import contextlib
 import http.cookiejar
 import os
 import re
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -61,6 +63,37 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def own_terminal() -> Iterator[None]:
+    """Be the terminal's foreground process group while the demo runs.
+
+    Under a wrapper such as tox, the demo shares the wrapper's process group, so Ctrl-C
+    reaches both: tox then forwards more interrupts (cutting the worker's drain short and
+    the throwaway PostgreSQL's removal) and reports the run as interrupted. In a group of
+    its own that holds the terminal, Ctrl-C reaches only the demo, which stops everything
+    and exits 0; the terminal goes back to the wrapper when the demo is done. Run straight
+    from a shell, the demo already leads its own group and nothing changes.
+    """
+    try:
+        terminal = sys.stdin.fileno()
+        foreground = os.tcgetpgrp(terminal) if os.isatty(terminal) else -1
+    except (OSError, ValueError):
+        foreground = -1
+    if foreground != os.getpgrp() or os.getpgrp() == os.getpid():
+        yield
+        return
+    # A group that is not in the foreground gets SIGTTOU for taking the terminal.
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.setpgid(0, 0)
+        os.tcsetpgrp(terminal, os.getpgrp())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(terminal, foreground)
+        signal.signal(signal.SIGTTOU, previous)
+
+
 class Command(BaseCommand):
     help = (
         "Run the example shop: migrate, create the admin/admin superuser, start a pq_worker "
@@ -96,6 +129,17 @@ class Command(BaseCommand):
         self.prepare_database()
         previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
+            with own_terminal():
+                self.run(port, options)
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            # Stopped: what is left (removing the throwaway PostgreSQL at exit) must not be
+            # cut short by another interrupt into a traceback.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def run(self, port: int, options: dict[str, Any]) -> None:
+        """Start the worker and the server; check or serve until Ctrl-C; stop them."""
+        try:
             self.start_worker()
             self.start_server(port)
             if options["check"]:
@@ -106,7 +150,6 @@ class Command(BaseCommand):
             self.stdout.write("\nStopping.")
         finally:
             self.stop_children()
-            signal.signal(signal.SIGTERM, previous_handler)
 
     def say(self, message: str) -> None:
         self.stdout.write(self.style.MIGRATE_HEADING("demo: ") + message)
