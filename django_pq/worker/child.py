@@ -154,6 +154,12 @@ def execute(claimed: Claimed, max_memory_mb: float | None = None) -> dict[str, A
         func = resolve(claimed.name)
     except NotATaskFunction as error:
         return {"status": "failed", "error_code": "unknown_task", "error": str(error)}
+    except BaseException as error:  # the module's top level ran sys.exit(), raised, ...
+        return {
+            "status": "failed",
+            "error_code": "unknown_task",
+            "error": f"Importing the module of {claimed.name} failed:\n{_describe(error)}",
+        }
     try:
         payload = claimed.payload
         if isinstance(payload, str | bytes):
