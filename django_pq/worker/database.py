@@ -152,6 +152,7 @@ class Database:
             return None
         try:
             if cuts_connection(name, "sent"):
+                logger.warning("Fault injection: %s sent, its reply to be lost", name)
                 self._send_and_cut(statements)
             if len(statements) == 1:
                 cursor = self.conn.execute(*statements[0])
@@ -164,6 +165,7 @@ class Database:
             self.lost(error)
             return None
         if cuts_connection(name, "committed"):
+            logger.warning("Fault injection: %s committed, the connection to be lost", name)
             self._cut()
         return results
 
@@ -184,6 +186,7 @@ class Database:
             with conn.transaction():
                 yield conn
                 if cuts_connection(name, "sent"):
+                    logger.warning("Fault injection: %s sent, its reply to be lost", name)
                     conn.pgconn.send_query(b"COMMIT")
                     conn.pgconn.flush()
                     self._cut()
@@ -192,6 +195,7 @@ class Database:
             self.lost(error)
             return
         if cuts_connection(name, "committed"):
+            logger.warning("Fault injection: %s committed, the connection to be lost", name)
             self._cut()
 
     def _send_and_cut(self, statements: list[tuple[str, Any]]) -> None:

@@ -648,7 +648,7 @@ class WorkerLoop:
         if not fired:  # the connection was lost: reconnecting looks again
             return
         seconds = fired[0]
-        # Without a due schedule, the heartbeat (or an 's:' notification) sets the timer.
+        # Without a due schedule, the heartbeat (or a schedule-changed message) sets the timer.
         self.next_fire = float("inf") if seconds is None else time.monotonic() + max(seconds, 0.01)
 
     def _prune_if_due(self, now: float) -> None:

@@ -65,3 +65,8 @@ def hide_grandchild(marker: str, seconds: float = 0.0, double_fork: bool = False
     if seconds:
         time.sleep(seconds)
     return pid
+
+
+def return_nul() -> str:
+    """A result Postgres cannot store (NUL in JSON): the outcome must be written alone."""
+    return "before\x00after"
