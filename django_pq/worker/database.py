@@ -181,9 +181,10 @@ class Database:
         if not self.connect() or self.conn is None:
             yield None
             return
-        conn = self.conn
+        conn, entered = self.conn, False
         try:
             with conn.transaction():
+                entered = True
                 yield conn
                 if cuts_connection(name, "sent"):
                     logger.warning("Fault injection: %s sent, its reply to be lost", name)
@@ -193,6 +194,8 @@ class Database:
                     raise psycopg.OperationalError(f"connection cut after sending {name}")
         except psycopg.OperationalError as error:
             self.lost(error)
+            if not entered:  # lost at BEGIN: the caller still gets its (empty) turn
+                yield None
             return
         if cuts_connection(name, "committed"):
             logger.warning("Fault injection: %s committed, the connection to be lost", name)

@@ -583,17 +583,16 @@ class WorkerLoop:
                     error_code="exception",
                     error=f"The task's outcome could not be stored: {error}",
                 )
-                try:
-                    rows = self.db.execute(
-                        "finish_one",
-                        sql.FINISH_STATEMENT,
-                        sql.finish_params([fallback], self.config.channel),
-                    )
-                except psycopg.Error:
-                    # The row itself is unstorable (say, a hostile requeue): leave it to
-                    # the reaper's final word rather than end the worker.
-                    logger.exception("Could not record task %s at all", outcome.task_id)
-                    rows = []
+                # A version parked on the row that cannot be applied (a hostile requeue)
+                # fails the same way: it is discarded, so the verdict always lands.
+                results = self.db.run_in_transaction(
+                    "finish_one",
+                    [
+                        (sql.DISCARD_REQUEUE, [outcome.task_id, outcome.run_token]),
+                        (sql.FINISH_STATEMENT, sql.finish_params([fallback], self.config.channel)),
+                    ],
+                )
+                rows = None if results is None else results[-1]
             if rows is None:
                 self.unwritten = batch[position:] + self.unwritten
                 return

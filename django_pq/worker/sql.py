@@ -179,6 +179,13 @@ def finish_params(outcomes: list[Outcome], channel: str) -> list[Any]:
     return [*column_arrays(outcomes, columns), [str(code) for code in RETRYABLE], channel]
 
 
+#: Drop the version parked on a running row (``%s`` id, ``%s`` run token) before its
+#: fallback verdict is written, when applying it failed.
+DISCARD_REQUEUE = """
+    UPDATE pq_tasks SET requeue = NULL
+    WHERE id = %s AND run_token = %s::uuid AND status = 'running'
+"""
+
 REGISTER = """
     INSERT INTO pq_workers (id, hostname, pid, queues, priorities, min_priority, concurrency,
                             started_at, heartbeat_at, lease_expires_at, version)

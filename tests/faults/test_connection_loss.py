@@ -129,15 +129,18 @@ def _stop(target: Target, fleet: Fleet, worker: Any, ids: list[int]) -> None:
     assert worker.wait(60) == 0, worker.tail()
 
 
-def _nul_result_task(target: Target) -> list[int]:
-    rows = target.query(
-        """INSERT INTO pq_tasks (queue, name, payload, priority, run_at, max_attempts,
-               status, attempts, error, error_code, is_cancel_requested)
-           VALUES ('default', 'tests.testapp.worker_tasks:return_nul', '{}'::jsonb, 50,
-                   now(), 1, 'pending', 0, '', '', false)
-           RETURNING id"""
+def _park_an_unusable_version(target: Target, fleet: Fleet, worker: Any, ids: list[int]) -> None:
+    """A version parked on a running row that cannot be applied (no name): the batch
+    fails, each outcome is written alone, and the bad version is discarded."""
+    victim = ids[0]
+    wait_until(
+        lambda: target.query(
+            "SELECT 1 FROM testapp_faultledger WHERE task_id = %s AND event = 'start'", [victim]
+        ),
+        60,
+        "the victim to start",
     )
-    return [rows[0][0]]
+    target.query("UPDATE pq_tasks SET requeue = '{}'::jsonb WHERE id = %s", [victim])
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -146,9 +149,7 @@ SCENARIOS: dict[str, Scenario] = {
     "finish": Scenario(args=("--concurrency", "1", "--max-tasks", "1"), tasks=1, expect_exit=True),
     "finish_claim": Scenario(tasks=6),
     "finish_one": Scenario(
-        # A result Postgres refuses (NUL in JSON) makes the batch fail; each outcome is then
-        # written alone.
-        prepare=_nul_result_task,
+        args=("--concurrency", "1"), tasks=2, seconds=3, act=_park_an_unusable_version
     ),
     "heartbeat": Scenario(nth=2, tasks=3),
     "reap": Scenario(prepare=_dead_workers_tasks),
@@ -194,7 +195,10 @@ def _run(
     if scenario.act:
         scenario.act(target, fleet, worker, ids)
     needle = f"Fault injection: {statement} {moment}"
-    wait_until(lambda: needle in worker.output(), 120, f"the cut at {statement} ({moment})")
+    try:
+        wait_until(lambda: needle in worker.output(), 120, f"the cut at {statement} ({moment})")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{worker.tail()}") from None
     if scenario.expect_exit:
         assert worker.wait(120) == 0, worker.tail()
         # A worker that stopped by itself leaves the rest to the next one.

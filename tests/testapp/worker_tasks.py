@@ -15,21 +15,24 @@ from tests.testapp.models import RunLog
 
 
 def kill_worker_connection(label: str) -> str:
-    """Terminate the worker parent's database session, wait until it is gone, return."""
+    """Terminate the worker parent's database session and return at once, so the outcome
+    reaches the parent while its connection is gone."""
     RunLog.objects.create(event="start", pid=os.getpid(), value=label)
     with connection.cursor() as cursor:
-        # The timeout argument makes the call wait until the session has ended.
         cursor.execute(
-            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
-            "WHERE application_name = %s",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
             [f"pq_worker:{os.getppid()}"],
         )
     return label
 
 
 def leave_group_and_sleep(seconds: float, marker: str) -> None:
-    """Leave the process group the worker kills, then outstay max_runtime."""
-    os.setpgid(0, 0)
+    """Leave the process group the worker kills, then outstay max_runtime.
+
+    The child leads its own group already; it leaves it by joining its parent's group
+    (same session, so allowed), which leaves its own group empty.
+    """
+    os.setpgid(0, os.getpgid(os.getppid()))
     Path(marker).write_text(str(os.getpid()))
     time.sleep(seconds)
 
@@ -65,8 +68,3 @@ def hide_grandchild(marker: str, seconds: float = 0.0, double_fork: bool = False
     if seconds:
         time.sleep(seconds)
     return pid
-
-
-def return_nul() -> str:
-    """A result Postgres cannot store (NUL in JSON): the outcome must be written alone."""
-    return "before\x00after"
