@@ -209,13 +209,17 @@ def _run(
         assert worker.is_alive(), worker.tail()
     # Still serving after the cut.
     later = enqueue_ledger_tasks(target, 1, max_attempts=1)
-    wait_until(
-        lambda: target.query(
-            "SELECT 1 FROM pq_tasks WHERE id = %s AND status = 'completed'", [later[0]]
-        ),
-        60,
-        "a task enqueued after the cut to complete",
-    )
+    try:
+        wait_until(
+            lambda: target.query(
+                "SELECT 1 FROM pq_tasks WHERE id = %s AND status = 'completed'", [later[0]]
+            ),
+            60,
+            "a task enqueued after the cut to complete",
+        )
+    except AssertionError as error:
+        row = target.query("SELECT status, error_code, error FROM pq_tasks WHERE id = %s", later)
+        raise AssertionError(f"{error}: {row}\n{fleet.workers[-1].tail()}") from None
     return verdict
 
 
