@@ -31,7 +31,7 @@ from django_pq.models import (
     Priority,
     Task,
 )
-from django_pq.notify import notifying
+from django_pq.notify import cancel_requested_sql, notifying, task_ready_sql
 from django_pq.task_paths import task_path
 
 __all__ = ["PreparedTask", "cancel", "enqueue", "enqueue_many", "prepare", "retry", "upsert"]
@@ -404,9 +404,9 @@ _CANCEL = """
         WHERE id = ANY(%s) AND status IN ('pending', 'running')
         RETURNING id, status
     )
-    SELECT id, status, CASE WHEN status = 'running' THEN pg_notify(%s, 'c:' || id::text) END
+    SELECT id, status, CASE WHEN status = 'running' THEN pg_notify(%s, {cancel}) END
     FROM changed
-"""
+""".format(cancel=cancel_requested_sql("id"))
 
 # failed/cancelled → pending, due now; idle workers of its queue are woken.
 _RETRY = """
@@ -417,9 +417,9 @@ _RETRY = """
         WHERE id = ANY(%s) AND status IN ('failed', 'cancelled')
         RETURNING id, status, queue
     )
-    SELECT id, status, pg_notify(%s, 't:' || extract(epoch FROM now())::text || ':' || queue)
+    SELECT id, status, pg_notify(%s, {ready})
     FROM changed
-"""
+""".format(ready=task_ready_sql("now()", "queue"))
 
 
 def cancel(task: Task | int) -> bool:

@@ -25,6 +25,7 @@ from django.utils import timezone as django_timezone
 from django_pq.conf import pq_settings
 from django_pq.exceptions import InvalidSchedule
 from django_pq.models import LATEST_MOMENT, LONGEST_INTERVAL, MAX_INTEGER, Periodic, Priority
+from django_pq.notify import SCHEDULE_CHANGED_PAYLOAD
 from django_pq.task_paths import task_path
 
 if TYPE_CHECKING:
@@ -283,7 +284,9 @@ def _db_now(using: str) -> dt.datetime:
 def notify_schedules_changed(using: str) -> None:
     """Tell workers a schedule changed: they keep a timer for the next due one."""
     with connections[using].cursor() as cursor:
-        cursor.execute("SELECT pg_notify(%s, 's:')", [pq_settings.NOTIFY_CHANNEL])
+        cursor.execute(
+            "SELECT pg_notify(%s, %s)", [pq_settings.NOTIFY_CHANNEL, SCHEDULE_CHANGED_PAYLOAD]
+        )
 
 
 def schedule(

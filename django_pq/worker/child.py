@@ -154,13 +154,11 @@ def execute(claimed: Claimed, max_memory_mb: float | None = None) -> dict[str, A
         func = resolve(claimed.name)
     except NotATaskFunction as error:
         return {"status": "failed", "error_code": "unknown_task", "error": str(error)}
-    except BaseException as error:
-        # The task's module raised (or called sys.exit) while being imported: no runnable
-        # function behind the name, which is this task's failure and no one else's.
+    except BaseException as error:  # the module's top level ran sys.exit(), raised, ...
         return {
             "status": "failed",
             "error_code": "unknown_task",
-            "error": f"Importing {claimed.name.partition(':')[0]} failed:\n{_describe(error)}",
+            "error": f"Importing the module of {claimed.name} failed:\n{_describe(error)}",
         }
     try:
         payload = claimed.payload

@@ -47,7 +47,7 @@ class RunningChild:
         return self.task is None and self.task_fd is not None and not self.stop_reason
 
     def stop(self, reason: str, message: str, grace: float) -> None:
-        """SIGTERM the child's process group now, SIGKILL it after ``grace`` seconds."""
+        """SIGTERM the child and its process group now, SIGKILL them after ``grace`` seconds."""
         if self.stop_reason:
             return
         self.stop_reason, self.stop_message = reason, message
@@ -55,6 +55,7 @@ class RunningChild:
         _signal_group(self.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
 
     def escalate(self, now: float) -> None:
+        """SIGKILL a stopped child whose grace ran out."""
         if self.kill_at is not None and now >= self.kill_at:
             _signal_group(self.pid, signal.SIGKILL)
             self.kill_at = None
@@ -118,13 +119,13 @@ def kill_group(pid: int) -> None:
 
 
 def _signal_group(pid: int, signum: int) -> None:
-    try:
+    """Signal the child's process group, and always the child itself: a task may have left
+    the group (``os.setpgid(0, 0)``), or not yet made it. ``pid`` is a child not yet waited
+    for, so it cannot have been reused."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signum)
-    except ProcessLookupError:
-        pass
-    except PermissionError:  # the child has not yet made its own group
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
 
 
 def fork_child(

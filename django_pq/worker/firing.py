@@ -23,6 +23,7 @@ import psycopg
 
 from django_pq.exceptions import InvalidSchedule
 from django_pq.models import EARLIEST_MOMENT, LATEST_MOMENT, LONGEST_INTERVAL
+from django_pq.notify import task_ready_sql
 from django_pq.schedules import next_slot
 
 logger = logging.getLogger("django_pq.worker")
@@ -114,7 +115,7 @@ def fire_statement(advance: bool) -> str:
             RETURNING q.id
         ),
         notified AS (
-            SELECT pg_notify(%s, 't:' || extract(epoch FROM min(run_at))::text || ':' || queue)
+            SELECT pg_notify(%s, {task_ready_sql("min(run_at)", "queue")})
             FROM inserted GROUP BY queue
         )
         SELECT inserted.id, due.id FROM due LEFT JOIN inserted ON inserted.periodic_id = due.id

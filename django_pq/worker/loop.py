@@ -16,6 +16,7 @@ import contextlib
 import enum
 import gc
 import logging
+import math
 import os
 import random
 import select
@@ -30,14 +31,15 @@ import psycopg
 from django.db import connections
 from psycopg.types.json import Jsonb
 
-from django_pq import __version__
+from django_pq import __version__, notify
 from django_pq.conf import pq_settings
-from django_pq.task_paths import preload_task_modules, resolve
+from django_pq.task_paths import preload_task_modules
 from django_pq.worker import sql
 from django_pq.worker.child import LeaseClock
 from django_pq.worker.children import RunningChild, fork_child, kill_group, verdict
 from django_pq.worker.config import WorkerConfig
 from django_pq.worker.database import Database
+from django_pq.worker.descendants import Descendants, become_subreaper
 from django_pq.worker.faults import crash_point
 from django_pq.worker.firing import fire_due
 from django_pq.worker.sql import Claimed, Outcome
@@ -46,6 +48,9 @@ logger = logging.getLogger("django_pq.worker")
 
 PRUNE_INTERVAL = 300.0
 MEMORY_CHECK_INTERVAL = 0.25
+#: After a failed heartbeat, try again this soon, doubling per failure up to a quarter of
+#: the heartbeat interval: a lost connection must not cost a whole interval of the lease.
+HEARTBEAT_RETRY = 0.05
 SHUTDOWN_FLUSH_TIMEOUT = 10.0
 
 
@@ -67,7 +72,9 @@ class WorkerLoop:
         self.children: dict[int, RunningChild] = {}
         self.unwritten: list[Outcome] = []
         self.lease = LeaseClock()
-        self.db = Database(config.database, config.channel, config.listen, self._on_notify)
+        self.db = Database(
+            config.database, config.channel, config.listen, self._on_notify, self._on_reconnect
+        )
         self.started_tasks = 0
         self.signals_received = 0
         self.drain_deadline: float | None = None
@@ -80,7 +87,10 @@ class WorkerLoop:
         self.next_run_at: float | None = None
         self.next_heartbeat = now
         self.check_orphans = False
-        self.imported_modules: set[str] = set()
+        self.heartbeat_failures = 0
+        self.cancel_hints: set[int] = set()  # task ids a notification named; not yet confirmed
+        self.descendants = Descendants()
+        self.next_descendant_scan = now
         self.logged_done = False
         self.clock_offset = 0.0  # database clock minus ours, from the last heartbeat
         self.next_prune = now
@@ -104,34 +114,61 @@ class WorkerLoop:
         # Only flags here; the loop acts on them.
         self.signals_received += 1
 
+    def _on_reconnect(self) -> None:
+        # A reply lost with the old connection may hide a committed claim: look for rows
+        # held under our id that no child of ours runs. And whatever was sent meanwhile
+        # reached nobody: look at the queue, the schedules and the lease at once.
+        now = time.monotonic()
+        self.check_orphans = True
+        self.should_claim = True
+        self.next_fire = now
+        self.next_heartbeat = now
+
     def _on_notify(self, payload: str) -> None:
-        if payload == "reconnected":
-            # A reply lost with the old connection may hide a committed claim: look for
-            # rows held under our id that no child of ours runs.
-            self.check_orphans = True
+        # A hint, never an authority (see django_pq.notify): each message only makes the
+        # worker ask the database sooner.
+        message = notify.parse(payload)
+        if isinstance(message, notify.ScheduleChanged):
             self.next_fire = time.monotonic()
-        if payload.startswith("s:"):
-            self.next_fire = time.monotonic()  # a schedule changed: look again
-            return
-        if payload.startswith("c:"):
-            self._cancel(int(payload[2:]) if payload[2:].isdigit() else -1)
-            return
-        if payload.startswith("t:"):
-            _, epoch, queue = payload.split(":", 2)
-            if not self.config.serves(queue):
-                return
-            delay = float(epoch) - (time.time() + self.clock_offset)
+        elif isinstance(message, notify.CancelRequested):
+            if any(task.id == message.task_id for task in self._running_tasks()):
+                self.cancel_hints.add(message.task_id)
+        elif isinstance(message, notify.TaskReady) and self.config.serves(message.queue):
+            delay = message.run_at - (time.time() + self.clock_offset)
             if delay > 0.005:
                 # A future task: only move the timer (wall clocks may disagree a little;
-                # the claim after the timer asks the database, which decides).
-                when = time.monotonic() + delay
+                # the claim after the timer asks the database, which decides). A far-off
+                # epoch moves nothing: the heartbeat reports the next task anyway.
+                when = time.monotonic() + min(delay, self.config.heartbeat_interval)
                 self.next_run_at = when if self.next_run_at is None else min(self.next_run_at, when)
-                return
-        self.should_claim = True
+            else:
+                self.should_claim = True
 
-    def _cancel(self, task_id: int) -> None:
+    def _running_tasks(self) -> list[Claimed]:
+        return [child.task for child in self.children.values() if child.task is not None]
+
+    def _confirm_cancels(self) -> None:
+        """Stop the children whose rows say they are to be cancelled, under their token."""
+        hinted = [task for task in self._running_tasks() if task.id in self.cancel_hints]
+        self.cancel_hints.clear()
+        if not hinted:
+            return
+        rows = self.db.execute(
+            "cancel_check",
+            sql.CANCEL_REQUESTED,
+            {
+                "worker": self.id,
+                "ids": [task.id for task in hinted],
+                "tokens": [task.run_token for task in hinted],
+            },
+        )
+        for task_id, token in rows or []:
+            self._cancel(int(task_id), token)
+
+    def _cancel(self, task_id: int, run_token: str) -> None:
         for child in self.children.values():
-            if child.task is not None and child.task.id == task_id:
+            task = child.task
+            if task is not None and task.id == task_id and task.run_token == run_token:
                 logger.info("Cancelling running task %s", task_id, extra={"task_id": task_id})
                 child.stop("cancelled", "Cancelled while running.", self.config.kill_grace)
 
@@ -143,6 +180,9 @@ class WorkerLoop:
         # The parent talks to the database only through self.db; Django's connections
         # are closed so no child ever inherits a live one.
         connections.close_all()
+        # Descendants a task hides from its process group (setsid, double fork) become
+        # ours, so they can be found and killed with the task.
+        self.descendants.enabled = become_subreaper()
         preload_task_modules()
         # Everything loaded so far is shared with every child: keep the garbage collector
         # from touching (and so copying) those pages in each one.
@@ -175,6 +215,7 @@ class WorkerLoop:
             self._recover_orphans()
         if self.registered:
             self._heartbeat_if_due(now)
+            self._confirm_cancels()
             if not self.signals_received:
                 self._prune_if_due(now)
                 self._fire_if_due(now)
@@ -218,7 +259,7 @@ class WorkerLoop:
             "version": __version__,
         }
         sent = time.monotonic()
-        if self.db.execute(sql.REGISTER, params) is not None:
+        if self.db.execute("register", sql.REGISTER, params) is not None:
             self.registered = True
             self._renewed(sent)
             self.should_claim = True
@@ -237,12 +278,13 @@ class WorkerLoop:
             self._collect_children()
             if self.children:
                 self._wait(0.05)
+        self.descendants.kill_all()
         while self.unwritten and time.monotonic() < deadline:
             self._write_and_claim(time.monotonic(), claim=False)
             if self.unwritten:
                 time.sleep(0.1)
         if self.registered:
-            self.db.execute(sql.DEREGISTER, {"id": self.id})
+            self.db.execute("deregister", sql.DEREGISTER, {"id": self.id})
         self.db.close()
         signal.set_wakeup_fd(-1)
         for fd in (self._wakeup_read, self._wakeup_write):
@@ -297,8 +339,9 @@ class WorkerLoop:
             statements.append((claim_sql, sql.claim_params(self.config, self.id, limit)))
         if batch:
             crash_point("before_finish")
+        name = "finish_claim" if batch and limit else "finish" if batch else "claim"
         try:
-            results = self.db.run_in_transaction(statements)
+            results = self.db.run_in_transaction(name, statements)
         except psycopg.Error:
             # Something in the batch is unstorable; write it piece by piece, claim next turn.
             logger.exception("Could not record %d outcomes together", len(batch))
@@ -323,20 +366,13 @@ class WorkerLoop:
             # A full claim suggests more ready work; a short one waits for a wake-up.
             self.should_claim = not self.claim_came_back_short
 
-    def _import_in_parent(self, name: str) -> None:
-        """Import a task's module once in the parent, so no child pays for the import."""
-        module = name.partition(":")[0]
-        if module in self.imported_modules:
-            return
-        self.imported_modules.add(module)
-        # resolve() checks the allow-list before importing anything; a module that fails
-        # here fails in the child too, which reports it for that task.
-        with contextlib.suppress(Exception):
-            resolve(name)
-
     def _start(self, task: Claimed) -> None:
-        self._import_in_parent(task.name)
-        max_runtime = task.max_runtime or self.config.max_runtime
+        # The parent never imports the module a row names: the allowed ``tasks`` modules
+        # were preloaded before any fork, and any other module's top level (which may call
+        # sys.exit() or os._exit(), hang, or start threads) runs in the child, where it can
+        # fail that one task and nothing else. That import costs each such child a little;
+        # the worker's life is worth more.
+        max_runtime = _runtime_limit(task.max_runtime, self.config.max_runtime)
         idle = next((child for child in self.children.values() if child.is_idle), None)
         if idle is None or not idle.assign(task, max_runtime):
             idle = fork_child(
@@ -364,30 +400,45 @@ class WorkerLoop:
     # -- watching children -------------------------------------------------------------
 
     def _collect_children(self) -> None:
+        ended = self._collect_reports_and_exits()
+        now = time.monotonic()
+        if ended or now >= self.next_descendant_scan:
+            self.next_descendant_scan = now + MEMORY_CHECK_INTERVAL
+            runs = {pid: c.task.run_token for pid, c in self.children.items() if c.task}
+            self.descendants.observe(runs, self.children)
+            self.descendants.kill_finished(set(runs.values()))
+
+    def _collect_reports_and_exits(self) -> bool:
+        """Record the reports and exits of children; whether any task or child ended."""
+        ended = False
         for running in self.children.values():
             running.read_report()
             while running.task is not None and (report := running.take_report()) is not None:
+                # A reused child lives on; what its task started must not.
+                self.descendants.observe_children({running.pid: running.task.run_token})
                 self._record(running, report, None, None)
                 running.task, running.deadline = None, None
                 running.tasks_done += 1
                 if report.get("retiring", True):
                     running.release()
-                self.should_claim = True
-        while self.children:
+                self.should_claim = ended = True
+        while True:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return ended
             if pid == 0:
-                return
+                return ended
+            ended = True
             child = self.children.pop(pid, None)
             if child is None:
-                continue
+                continue  # a stray descendant reparented to us (we are its subreaper)
             child.read_report()
             if not child.pipe_closed:
                 os.close(child.report_fd)
             child.release()
-            # Whatever the task left running in its process group dies with it.
+            # Whatever the task left running dies with it: its process group, and the
+            # descendants it moved out of that group, which were reparented to us.
             kill_group(child.pid)
             crash_point("after_child_exit")
             if child.task is not None:
@@ -465,16 +516,21 @@ class WorkerLoop:
     def _heartbeat_if_due(self, now: float) -> None:
         if now < self.next_heartbeat:
             return
-        self.next_heartbeat = now + self.config.heartbeat_interval
         params = {
             "id": self.id,
             "lease": self.config.lease,
             **sql.claim_params(self.config, self.id, 0),
         }
-        rows = self.db.execute(sql.heartbeat_statement(self.config), params)
+        rows = self.db.execute("heartbeat", sql.heartbeat_statement(self.config), params)
         if not rows:
+            # Try again soon: waiting a whole interval would spend the lease for nothing.
+            self.heartbeat_failures += 1
+            retry = HEARTBEAT_RETRY * 2 ** min(self.heartbeat_failures, 10)
+            self.next_heartbeat = now + min(retry, self.config.heartbeat_interval / 4)
             return
-        renewed, cancel_ids, lost, to_schedule, to_task, db_epoch = rows[0]
+        self.heartbeat_failures = 0
+        self.next_heartbeat = now + self.config.heartbeat_interval
+        renewed, cancels, lost, to_schedule, to_task, db_epoch = rows[0]
         self.clock_offset = float(db_epoch) - time.time()
         if to_schedule is not None:
             self.next_fire = min(self.next_fire, now + max(float(to_schedule), 0.0))
@@ -495,8 +551,8 @@ class WorkerLoop:
             for child in self._busy():
                 child.stop("worker_lost", "The worker lost its lease while running the task.", 0)
             self.registered = False
-        for task_id in cancel_ids or []:
-            self._cancel(task_id)
+        for task_id, token in cancels or []:
+            self._cancel(int(task_id), token)
 
     def _check_written(self, batch: list[Outcome], rows: list[tuple[Any, ...]]) -> None:
         written = {row[0] for row in rows}
@@ -513,7 +569,9 @@ class WorkerLoop:
         for position, outcome in enumerate(batch):
             try:
                 rows = self.db.execute(
-                    sql.FINISH_STATEMENT, sql.finish_params([outcome], self.config.channel)
+                    "finish_one",
+                    sql.FINISH_STATEMENT,
+                    sql.finish_params([outcome], self.config.channel),
                 )
             except psycopg.Error as error:
                 # The outcome itself is unstorable (say, a result Postgres rejects): keep
@@ -525,9 +583,16 @@ class WorkerLoop:
                     error_code="exception",
                     error=f"The task's outcome could not be stored: {error}",
                 )
-                rows = self.db.execute(
-                    sql.FINISH_STATEMENT, sql.finish_params([fallback], self.config.channel)
+                # A version parked on the row that cannot be applied (a hostile requeue)
+                # fails the same way: it is discarded, so the verdict always lands.
+                results = self.db.run_in_transaction(
+                    "finish_one",
+                    [
+                        (sql.DISCARD_REQUEUE, [outcome.task_id, outcome.run_token]),
+                        (sql.FINISH_STATEMENT, sql.finish_params([fallback], self.config.channel)),
+                    ],
                 )
+                rows = None if results is None else results[-1]
             if rows is None:
                 self.unwritten = batch[position:] + self.unwritten
                 return
@@ -535,8 +600,11 @@ class WorkerLoop:
 
     def _recover_orphans(self) -> None:
         """Finish tasks claimed under our id whose claim reply never reached us."""
-        mine = [child.task.id for child in self._busy() if child.task is not None]
-        rows = self.db.execute(sql.ORPHANS, {"worker": self.id, "mine": mine})
+        # Ours too: the tasks whose outcome waits to be written. Reaping those would run a
+        # finished task again, or lose its result.
+        mine = [task.id for task in self._running_tasks()]
+        mine += [outcome.task_id for outcome in self.unwritten]
+        rows = self.db.execute("orphans", sql.ORPHANS, {"worker": self.id, "mine": mine})
         if rows is None:
             return
         self.check_orphans = False
@@ -565,17 +633,21 @@ class WorkerLoop:
             len(lost),
             ", ".join(str(task_id) for task_id, _ in lost),
         )
-        self.db.execute(sql.FINISH_STATEMENT, sql.finish_params(outcomes, self.config.channel))
+        self.db.execute(
+            "reap", sql.FINISH_STATEMENT, sql.finish_params(outcomes, self.config.channel)
+        )
 
     def _fire_if_due(self, now: float) -> None:
-        if now < self.next_fire or self.db.conn is None:
+        if now < self.next_fire or not self.db.is_connected:
             return
-        try:
-            seconds = fire_due(self.db.conn, self.config.channel, pq_settings.MAX_ATTEMPTS)
-        except psycopg.OperationalError as error:
-            self.db.lost(error)
+        fired: list[float | None] = []
+        with self.db.transaction("fire") as conn:
+            if conn is not None:
+                fired.append(fire_due(conn, self.config.channel, pq_settings.MAX_ATTEMPTS))
+        if not fired:  # the connection was lost: reconnecting looks again
             return
-        # Without a due schedule, the heartbeat (or an 's:' notification) sets the timer.
+        seconds = fired[0]
+        # Without a due schedule, the heartbeat (or a schedule-changed message) sets the timer.
         self.next_fire = float("inf") if seconds is None else time.monotonic() + max(seconds, 0.01)
 
     def _prune_if_due(self, now: float) -> None:
@@ -584,19 +656,14 @@ class WorkerLoop:
         self.next_prune = now + PRUNE_INTERVAL
         batch, deadline = 500, now + 1.0
         while time.monotonic() < deadline:
-            conn = self.db.conn
-            if conn is None:
+            deleted = self.db.execute(
+                "prune_tasks", sql.PRUNE_TASKS, {"retention": self.config.retention, "batch": batch}
+            )
+            if deleted is None:
                 return
-            try:
-                deleted = conn.execute(
-                    sql.PRUNE_TASKS, {"retention": self.config.retention, "batch": batch}
-                ).rowcount
-            except psycopg.OperationalError as error:
-                self.db.lost(error)
-                return
-            if deleted < batch:
+            if len(deleted) < batch:
                 break
-        self.db.execute(sql.PRUNE_WORKERS)
+        self.db.execute("prune_workers", sql.PRUNE_WORKERS)
 
     # -- waiting -----------------------------------------------------------------------
 
@@ -638,6 +705,17 @@ class WorkerLoop:
         except BlockingIOError:
             pass
         self.db.drain_notifications()
+
+
+def _runtime_limit(from_row: float | None, default: float | None) -> float | None:
+    """The task's own max_runtime when it is a usable limit, else the worker's.
+
+    A row may hold anything the column admits: NaN, infinity, zero or a negative number
+    mean "not set" here, never "no limit".
+    """
+    if from_row is not None and math.isfinite(from_row) and from_row > 0:
+        return from_row
+    return default
 
 
 def _task_extra(task: Claimed, **more: Any) -> dict[str, Any]:

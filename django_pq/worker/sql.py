@@ -179,6 +179,13 @@ def finish_params(outcomes: list[Outcome], channel: str) -> list[Any]:
     return [*column_arrays(outcomes, columns), [str(code) for code in RETRYABLE], channel]
 
 
+#: Drop the version parked on a running row (``%s`` id, ``%s`` run token) before its
+#: fallback verdict is written, when applying it failed.
+DISCARD_REQUEUE = """
+    UPDATE pq_tasks SET requeue = NULL
+    WHERE id = %s AND run_token = %s::uuid AND status = 'running'
+"""
+
 REGISTER = """
     INSERT INTO pq_workers (id, hostname, pid, queues, priorities, min_priority, concurrency,
                             started_at, heartbeat_at, lease_expires_at, version)
@@ -198,6 +205,10 @@ def heartbeat_statement(config: WorkerConfig) -> str:
     (lease lapsed, stopped, or never registered: decided by the database clock, so a
     skewed worker clock cannot reap early); the seconds until the next due schedule and
     until the next task this worker could claim; and the database's clock.
+
+    Total over any timestamp a row may hold: ``run_at``/``next_run`` of ``infinity`` or
+    ``-infinity`` (which would make ``min(...) - now()`` overflow) are clamped to within a
+    day from now; the next heartbeat asks again anyway.
     """
     filters = ["status = 'pending'", *_claim_filters(config)]
     return f"""
@@ -208,20 +219,35 @@ def heartbeat_statement(config: WorkerConfig) -> str:
             RETURNING id
         )
         SELECT EXISTS (SELECT 1 FROM renewed),
-            ARRAY(SELECT id FROM pq_tasks WHERE worker_id = %(id)s AND status = 'running'
-                  AND is_cancel_requested),
+            ARRAY(SELECT ARRAY[id::text, run_token::text] FROM pq_tasks
+                  WHERE worker_id = %(id)s AND status = 'running' AND is_cancel_requested),
             ARRAY(SELECT ARRAY[t.id::text, t.run_token::text] FROM pq_tasks t
                   LEFT JOIN pq_workers w ON w.id = t.worker_id
                   WHERE t.status = 'running'
                     AND (w.id IS NULL OR w.lease_expires_at < now() OR w.stopped_at IS NOT NULL)
                   ORDER BY t.id LIMIT 500),
-            (SELECT extract(epoch FROM min(next_run) - now()) FROM pq_periodic
-             WHERE active AND isfinite(next_run)),
-            (SELECT extract(epoch FROM min(run_at) - now()) FROM pq_tasks
+            (SELECT extract(epoch FROM {_within_a_day("min(next_run)")})
+             FROM pq_periodic WHERE active),
+            (SELECT extract(epoch FROM {_within_a_day("min(run_at)")}) FROM pq_tasks
              WHERE {" AND ".join(filters)}),
             extract(epoch FROM clock_timestamp())
     """
 
+
+def _within_a_day(moment: str) -> str:
+    """``moment - now()``, clamped to [0, 1 day]: never out of range, whatever ``moment``."""
+    return f"least(greatest({moment}, now()), now() + interval '1 day') - now()"
+
+
+#: Of the running tasks a cancel notification named (``%(ids)s`` with their run tokens
+#: ``%(tokens)s``, held by ``%(worker)s``), those whose rows really ask to be cancelled:
+#: a notification is a hint, this is the authority.
+CANCEL_REQUESTED = """
+    SELECT t.id, t.run_token::text
+    FROM pq_tasks t JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS m(id, run_token)
+        ON t.id = m.id AND t.run_token = m.run_token
+    WHERE t.worker_id = %(worker)s AND t.status = 'running' AND t.is_cancel_requested
+"""
 
 # Tasks held under this worker's id that it is not running: a claim that committed while
 # the connection died before its reply arrived. Reaped like a dead worker's.
@@ -241,6 +267,7 @@ PRUNE_TASKS = """
         LIMIT %(batch)s
         FOR UPDATE SKIP LOCKED
     )
+    RETURNING id
 """
 
 PRUNE_WORKERS = """
