@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from django_pq.devdb import ThrowawayPostgres
+from devdb import ThrowawayPostgres
 from tests.worker.conftest import wait_until
 
 REPO = Path(__file__).resolve().parents[1]

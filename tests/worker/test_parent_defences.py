@@ -12,7 +12,7 @@ import pytest
 
 import django_pq as pq
 from django_pq.models import Task, Worker
-from tests.conftest import connect_like_django
+from tests.conftest import connect_like_django, constraints_dropped
 from tests.testapp import tasks, worker_tasks
 from tests.testapp.models import RunLog
 from tests.worker.conftest import wait_until
@@ -88,12 +88,15 @@ def test_a_task_that_leaves_its_process_group_is_killed_at_max_runtime(start_wor
 @pytest.mark.parametrize("bad_runtime", ["NaN", "Infinity"])
 def test_an_unusable_max_runtime_in_the_row_means_the_workers_default(start_worker, bad_runtime):
     task = pq.enqueue(tasks.sleep, 600, label="runaway")
-    with connect_like_django() as admin:
-        admin.execute(
-            "UPDATE pq_tasks SET max_runtime = %s::float8 WHERE id = %s", [bad_runtime, task.pk]
-        )
-    start_worker("--concurrency", "1", "--max-runtime", "1")
-    done = wait_until(lambda: finished(task), 60, "the task to hit --max-runtime")
+    # Written as SQL, as a row from before the CHECK constraints could be.
+    with constraints_dropped(Task, "pq_tasks_max_runtime_positive"):
+        with connect_like_django() as admin:
+            admin.execute(
+                "UPDATE pq_tasks SET max_runtime = %s::float8 WHERE id = %s", [bad_runtime, task.pk]
+            )
+        start_worker("--concurrency", "1", "--max-runtime", "1")
+        done = wait_until(lambda: finished(task), 60, "the task to hit --max-runtime")
+        Task.objects.filter(pk=task.pk).delete()
     assert (done.status, done.error_code) == ("failed", "timeout")
     assert "max_runtime of 1s" in done.error
 
@@ -168,14 +171,18 @@ def test_a_failed_heartbeat_is_retried_well_within_the_interval(start_worker):
 
 def test_an_infinite_run_at_leaves_the_heartbeat_working(start_worker):
     poison = pq.enqueue(tasks.add, 1, 1, run_at=dt.timedelta(hours=1))
-    with connect_like_django() as admin:
-        # Written as SQL, as a row from before the CHECK constraints could be.
-        admin.execute("UPDATE pq_tasks SET run_at = 'infinity' WHERE id = %s", [poison.pk])
-    worker = start_worker("--concurrency", "1")
-    row = registered(worker)
-    first = Worker.objects.get(pk=row.pk).heartbeat_at
-    wait_until(lambda: Worker.objects.get(pk=row.pk).heartbeat_at > first, 30, "a second heartbeat")
-    good = pq.enqueue(tasks.add, 2, 2)
-    assert wait_until(lambda: finished(good), 30).result == 4
+    with constraints_dropped(Task, "pq_tasks_run_at_finite"):
+        with connect_like_django() as admin:
+            # Written as SQL, as a row from before the CHECK constraints could be.
+            admin.execute("UPDATE pq_tasks SET run_at = 'infinity' WHERE id = %s", [poison.pk])
+        worker = start_worker("--concurrency", "1")
+        row = registered(worker)
+        first = Worker.objects.get(pk=row.pk).heartbeat_at
+        wait_until(
+            lambda: Worker.objects.get(pk=row.pk).heartbeat_at > first, 30, "a second heartbeat"
+        )
+        good = pq.enqueue(tasks.add, 2, 2)
+        assert wait_until(lambda: finished(good), 30).result == 4
+        Task.objects.filter(pk=poison.pk).delete()
     assert worker.process.poll() is None
     assert "Traceback" not in worker.output()

@@ -11,6 +11,7 @@ from django.db import connection
 
 import django_pq as pq
 from django_pq.models import Periodic, Task
+from tests.conftest import constraints_dropped
 from tests.testapp import tasks
 from tests.worker.conftest import wait_until
 
@@ -57,15 +58,10 @@ def sql(statement: str) -> None:
 @pytest.fixture
 def without_row_checks(transactional_db: None) -> Iterator[None]:
     """Drop the checks that would refuse the poison; put them back afterwards."""
-    constraints = [c for c in Periodic._meta.constraints if c.name in ROW_CHECKS]
-    for name in ROW_CHECKS:
-        sql(f"ALTER TABLE pq_periodic DROP CONSTRAINT {name}")
-    yield
-    sql("DELETE FROM pq_tasks")
-    sql("DELETE FROM pq_periodic")
-    with connection.schema_editor() as editor:
-        for constraint in constraints:
-            editor.add_constraint(Periodic, constraint)
+    with constraints_dropped(Periodic, *ROW_CHECKS):
+        yield
+        sql("DELETE FROM pq_tasks")
+        sql("DELETE FROM pq_periodic")
 
 
 def poison(key: str, assignments: str) -> Periodic:
