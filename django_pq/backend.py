@@ -219,22 +219,20 @@ class PQBackend(BaseTaskBackend):
 
     def get_result(self, result_id: str) -> TaskResult:  # type: ignore[type-arg]
         """The task's current state, read from its row."""
-        if not result_id.isdigit():
-            raise self._missing(result_id)
+        pk = _row_id(result_id)
         try:
-            row = TaskRow.objects.using(pq_settings.DATABASE).get(pk=int(result_id))
+            row = TaskRow.objects.using(pq_settings.DATABASE).get(pk=pk)
         except TaskRow.DoesNotExist:
-            raise self._missing(result_id) from None
+            raise _missing(result_id) from None
         return self._result(None, row)
 
     async def aget_result(self, result_id: str) -> TaskResult:  # type: ignore[type-arg]
         """See :meth:`get_result`."""
-        if not result_id.isdigit():
-            raise self._missing(result_id)
+        pk = _row_id(result_id)
         try:
-            row = await TaskRow.objects.using(pq_settings.DATABASE).aget(pk=int(result_id))
+            row = await TaskRow.objects.using(pq_settings.DATABASE).aget(pk=pk)
         except TaskRow.DoesNotExist:
-            raise self._missing(result_id) from None
+            raise _missing(result_id) from None
         return self._result(None, row)
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -258,9 +256,6 @@ class PQBackend(BaseTaskBackend):
         ]
 
     # -- reading rows --------------------------------------------------------------------
-
-    def _missing(self, result_id: str) -> Exception:
-        return TaskResultDoesNotExist(f"There is no django-pq task with id {result_id!r}.")
 
     def _task_of(self, row: TaskRow) -> Task:  # type: ignore[type-arg]
         try:
@@ -308,6 +303,23 @@ class PQBackend(BaseTaskBackend):
             object.__setattr__(result, "_return_value", row.decoded_result())
         return result
 
+
+def _row_id(result_id: str) -> int:
+    """The row id a result id names, or :class:`TaskResultDoesNotExist`.
+
+    Only ASCII digits: ``str.isdigit`` also takes "\\u00b2" (which ``int`` refuses) and
+    "\\u0661" (which ``int`` reads as 1, another task's id).
+    """
+    if not _RESULT_ID.fullmatch(str(result_id)):
+        raise _missing(result_id)
+    return int(result_id)
+
+
+def _missing(result_id: str) -> Exception:
+    return TaskResultDoesNotExist(f"There is no django-pq task with id {result_id!r}.")
+
+
+_RESULT_ID = re.compile(r"[0-9]+")
 
 _STATUS = {
     Status.PENDING: TaskResultStatus.READY,
