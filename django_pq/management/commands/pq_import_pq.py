@@ -202,8 +202,9 @@ class Command(BaseCommand):
             action="store_true",
             help="Decode the arguments pq pickled with dill (every datetime, Decimal, UUID, "
             "set, bytes, ...) and store them in django-pq's JSON codec. This runs pickle "
-            "(dill.loads) on the data in pq's tables, which can execute any code: use it only "
-            "on your own pq data. Needs dill installed (default: off, such rows are refused).",
+            "(dill.loads) on the data in pq's tables, with --dry-run too, which can execute any "
+            "code in this process: use it only on pq data you trust as your own code. Needs "
+            "dill installed (default: off, such rows are refused).",
         )
         parser.add_argument(
             "--dry-run", action="store_true", help="Check and count, write nothing."
