@@ -336,21 +336,29 @@ _CLASS_FOR_CODE: dict[str, str] = {
 }
 # The line naming the exception in a formatted traceback: "ValueError: ..." or "pkg.Error".
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
+_TRACEBACK_HEADER = "Traceback (most recent call last):"
+_HOOK_LINE = re.compile(r"^Hook .+ raised:$")
 
 
 def _exception_class_path(error_code: str, error: str) -> str:
     if error_code in _CLASS_FOR_CODE:
         return _CLASS_FOR_CODE[error_code]
     if error_code == ErrorCode.EXCEPTION:
-        named = None
-        for line in error.splitlines():
-            if line.startswith("Hook "):  # hook failures are appended after the task's own
+        lines = error.splitlines()
+        # Hook failures are appended after the task's own traceback.
+        hooks = [n for n, line in enumerate(lines) if _HOOK_LINE.match(line)]
+        lines = lines[: hooks[0]] if hooks else lines
+        # The exception line is the first unindented line after the last traceback header
+        # (the outermost of a chain); the message's further lines and the notes follow it.
+        headers = [n for n, line in enumerate(lines) if line == _TRACEBACK_HEADER]
+        after = lines[headers[-1] + 1 :] if headers else lines
+        for line in after:
+            if not line[:1].isspace():
+                match = _EXCEPTION_LINE.match(line)
+                if match:
+                    named = match.group(1)
+                    return named if "." in named else f"builtins.{named}"
                 break
-            match = _EXCEPTION_LINE.match(line)
-            if match and line != "Traceback (most recent call last):":
-                named = match.group(1)
-        if named:
-            return named if "." in named else f"builtins.{named}"
     return f"{TaskRunError.__module__}.{TaskRunError.__qualname__}"
 
 

@@ -64,6 +64,19 @@ def overheat(degrees: int) -> None:
 
 
 @task
+def overheat_verbosely(degrees: int) -> None:
+    """Its message and note have lines that read like other exceptions' lines."""
+    error = Overheated(f"{degrees} degrees\nKeyError: not this one\n  indented: nor this")
+    error.add_note("Hint: let it cool down")
+    raise error
+
+
+@task
+def exits() -> None:
+    raise SystemExit(3)
+
+
+@task
 def returns_an_object() -> object:
     return object()
 
@@ -290,13 +303,16 @@ def test_results_errors_and_signals_agree(start_worker: Any) -> None:
     echoed = async_echo.enqueue({"nested": [1, "two"]})
     failed = overheat.enqueue(400)
     unencodable = returns_an_object.enqueue()
+    verbose = overheat_verbosely.enqueue(500)
+    exited = exits.enqueue()
     burst(start_worker)
 
-    for result in (ok, normalized, echoed, failed, unencodable):
+    results = (ok, normalized, echoed, failed, unencodable, verbose, exited)
+    for result in results:
         result.refresh()
 
     # Receivers in the worker heard what get_result reads now: status, errors and value.
-    for result in (unencodable, ok, normalized, echoed, failed):
+    for result in results:
         started = {"status": "RUNNING", "errors": [], "value": None}
         assert heard(result.id, "contract_started") == [started]
         finished = {
@@ -320,6 +336,10 @@ def test_results_errors_and_signals_agree(start_worker: Any) -> None:
     assert error.traceback.rstrip().endswith("Overheated: 400 degrees is too hot")
     with pytest.raises(ValueError, match="Task failed"):
         failed.return_value  # noqa: B018
+    # The class is the one raised, whatever lines its message and notes add.
+    assert verbose.errors[0].exception_class is Overheated
+    assert "Hint: let it cool down" in verbose.errors[0].traceback
+    assert exited.errors[0].exception_class is SystemExit
 
     # A return value that cannot be stored fails the run as Django's backends fail it.
     assert unencodable.status == TaskResultStatus.FAILED
