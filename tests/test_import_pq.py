@@ -385,6 +385,21 @@ def test_rows_edited_into_shapes_pq_never_writes_are_listed_not_a_traceback(
     assert installation.sql("SELECT count(*) AS n FROM pq_tasks") == [{"n": 0}]
 
 
+def test_a_schema_named_like_sql_is_an_identifier(installation: Installation) -> None:
+    installation.sql(howto_sql("LEAST(GREATEST"))
+    odd = 'Pq Old"; DROP TABLE pq_tasks; --'
+    installation.sql('ALTER SCHEMA pq_old RENAME TO "Pq Old""; DROP TABLE pq_tasks; --"')
+    first = installation.django("pq_import_pq", "--schema", odd, "--decode-pickles")
+    assert first.returncode == 0, first.stderr
+    copied = installation.sql("SELECT count(*) AS n FROM pq_tasks")[0]["n"]
+    assert copied > 100 and f"Copied {copied} task(s)" in first.stdout
+    again = installation.django("pq_import_pq", "--schema", odd, "--decode-pickles")
+    assert again.returncode == 0 and "Copied 0 task(s)" in again.stdout, again.stderr
+    assert installation.sql(
+        'SELECT count(*) AS n FROM "Pq Old""; DROP TABLE pq_tasks; --".django_pq_imported'
+    ) == [{"n": copied + 6}]
+
+
 def test_refuses_django_pqs_own_schema_an_empty_one_and_an_older_pq(
     installation: Installation,
 ) -> None:
