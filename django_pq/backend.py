@@ -336,7 +336,11 @@ _CLASS_FOR_CODE: dict[str, str] = {
 }
 # The line naming the exception in a formatted traceback: "ValueError: ..." or "pkg.Error".
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
-_TRACEBACK_HEADER = "Traceback (most recent call last):"
+#: Top-level traceback headers, with the margin of the lines under them.
+_TRACEBACK_HEADERS = {
+    "Traceback (most recent call last):": "",
+    "  + Exception Group Traceback (most recent call last):": "  | ",
+}
 _HOOK_LINE = re.compile(r"^Hook .+ raised:$")
 
 
@@ -348,11 +352,13 @@ def _exception_class_path(error_code: str, error: str) -> str:
         # Hook failures are appended after the task's own traceback.
         hooks = [n for n, line in enumerate(lines) if _HOOK_LINE.match(line)]
         lines = lines[: hooks[0]] if hooks else lines
-        # The exception line is the first unindented line after the last traceback header
-        # (the outermost of a chain); the message's further lines and the notes follow it.
-        headers = [n for n, line in enumerate(lines) if line == _TRACEBACK_HEADER]
-        after = lines[headers[-1] + 1 :] if headers else lines
-        for line in after:
+        # The exception line is the first line at the margin after the last top-level
+        # traceback header (the outermost of a chain); the message's further lines and the
+        # notes follow it. An exception group draws its margin as "  | ".
+        headers = [n for n, line in enumerate(lines) if line in _TRACEBACK_HEADERS]
+        margin = _TRACEBACK_HEADERS[lines[headers[-1]]] if headers else ""
+        for line in lines[headers[-1] + 1 :] if headers else lines:
+            line = line.removeprefix(margin)
             if not line[:1].isspace():
                 match = _EXCEPTION_LINE.match(line)
                 if match:

@@ -72,6 +72,11 @@ def overheat_verbosely(degrees: int) -> None:
 
 
 @task
+def overheat_in_groups() -> None:
+    raise ExceptionGroup("two sensors\nValueError: not this one", [Overheated("a"), KeyError("b")])
+
+
+@task
 def exits() -> None:
     raise SystemExit(3)
 
@@ -304,10 +309,11 @@ def test_results_errors_and_signals_agree(start_worker: Any) -> None:
     failed = overheat.enqueue(400)
     unencodable = returns_an_object.enqueue()
     verbose = overheat_verbosely.enqueue(500)
+    grouped = overheat_in_groups.enqueue()
     exited = exits.enqueue()
     burst(start_worker)
 
-    results = (ok, normalized, echoed, failed, unencodable, verbose, exited)
+    results = (ok, normalized, echoed, failed, unencodable, verbose, grouped, exited)
     for result in results:
         result.refresh()
 
@@ -339,6 +345,7 @@ def test_results_errors_and_signals_agree(start_worker: Any) -> None:
     # The class is the one raised, whatever lines its message and notes add.
     assert verbose.errors[0].exception_class is Overheated
     assert "Hint: let it cool down" in verbose.errors[0].traceback
+    assert grouped.errors[0].exception_class is ExceptionGroup
     assert exited.errors[0].exception_class is SystemExit
 
     # A return value that cannot be stored fails the run as Django's backends fail it.
