@@ -148,6 +148,34 @@ def _options(task: Task) -> dict[str, Any]:  # type: ignore[type-arg]
     return {name: getattr(task, name, None) for name in PQ_TASK_OPTIONS}
 
 
+def _json_value(value: Any) -> Any:
+    """``normalize_json(value)`` in plain ``str``/``int``/``float``/``bool``, as JSON reads
+    them back: a ``TextChoices`` or ``IntEnum`` member is the string or number it stands
+    for (Django's backends take it; django-pq's codec would refuse the subclass)."""
+    return _plain(normalize_json(value))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, bool):  # an int, and it cannot be subclassed
+        return value
+    for kind, convert in _PLAIN:
+        if isinstance(value, kind) and type(value) is not kind:
+            return convert(value)
+    return value
+
+
+# Through the base class: a subclass's own __str__ or __int__ is not what JSON writes.
+_PLAIN: tuple[tuple[type, Callable[[Any], Any]], ...] = (
+    (str, str.__str__),
+    (int, int.__int__),
+    (float, float.__float__),
+)
+
+
 def _normalized(task: Task, args: Iterable[Any], kwargs: dict[str, Any]) -> tuple[Any, Any]:  # type: ignore[type-arg]
     """The arguments as JSON values, as Django's contract asks; refused with a
     ``TypeError`` (:class:`UnserializableArgument`) naming the first one that is not."""
@@ -157,7 +185,7 @@ def _normalized(task: Task, args: Iterable[Any], kwargs: dict[str, Any]) -> tupl
     values = []
     for where, value in named:
         try:
-            values.append(normalize_json(value))
+            values.append(_json_value(value))
         except (TypeError, ValueError) as error:
             raise UnserializableArgument(
                 f"{where} of {task.module_path} cannot be stored: {error}. django.tasks "
@@ -419,7 +447,7 @@ def run_django_task(
         # Stored as Django's own backends store it (normalize_json), and checked against the
         # codec before task_finished is sent: a value that cannot be stored fails the run
         # with TypeError, and receivers hear FAILED, as get_result will say.
-        value = normalize_json(call(task.func, args, run.kwargs))
+        value = _json_value(call(task.func, args, run.kwargs))
         encode_value(value, where="the return value")
     except BaseException as error:
         object.__setattr__(task_result, "status", TaskResultStatus.FAILED)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connections
+from django.db import connections, models
 from django.test.utils import override_settings
 from django.utils import timezone
 
@@ -45,6 +45,26 @@ WORKER_SETTINGS = framework.pq_settings_for("tests.test_tasks_contract")
 
 class Overheated(Exception):
     """A task's own exception class, to be named by its path in the result's errors."""
+
+
+class Size(models.TextChoices):
+    SMALL = "s", "Small"
+    LARGE = "l", "Large"
+
+
+class Level(models.IntegerChoices):
+    LOW = 1, "Low"
+
+
+@task
+def describe_choices(size: str, levels: dict[str, int]) -> dict[str, Any]:
+    """What arrived (type names and values), and a choice returned as the value."""
+    seen = [
+        type(size).__name__,
+        size,
+        {type(k).__name__: type(v).__name__ for k, v in levels.items()},
+    ]
+    return {"seen": seen, "back": Size.LARGE, "level": Level.LOW}
 
 
 @task
@@ -355,6 +375,19 @@ def test_results_errors_and_signals_agree(start_worker: Any) -> None:
     assert "Unsupported type" in error.traceback
     assert unencodable.finished_at is not None
     assert TaskRow.objects.get(pk=int(unencodable.id)).status == Status.FAILED
+
+
+def test_choices_and_other_str_and_int_subclasses_are_json_values(start_worker: Any) -> None:
+    # Django's backends take them (json.dumps writes them as the string or number they are).
+    result = describe_choices.enqueue(Size.SMALL, levels={Size.LARGE: Level.LOW})
+    assert result.args == ["s"] and result.kwargs == {"levels": {"l": 1}}
+    burst(start_worker)
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL, result.errors
+    assert result.return_value == {"seen": ["str", "s", {"str": "int"}], "back": "l", "level": 1}
+    value = result.return_value
+    assert (type(value["back"]), type(value["level"])) == (str, int)
+    assert heard(result.id, "contract_finished")[0]["status"] == "SUCCESSFUL"
 
 
 def test_context_carries_the_attempt_and_the_result_id(start_worker: Any) -> None:
