@@ -148,6 +148,34 @@ def _options(task: Task) -> dict[str, Any]:  # type: ignore[type-arg]
     return {name: getattr(task, name, None) for name in PQ_TASK_OPTIONS}
 
 
+def _json_value(value: Any) -> Any:
+    """``normalize_json(value)`` in plain ``str``/``int``/``float``/``bool``, as JSON reads
+    them back: a ``TextChoices`` or ``IntEnum`` member is the string or number it stands
+    for (Django's backends take it; django-pq's codec would refuse the subclass)."""
+    return _plain(normalize_json(value))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, bool):  # an int, and it cannot be subclassed
+        return value
+    for kind, convert in _PLAIN:
+        if isinstance(value, kind) and type(value) is not kind:
+            return convert(value)
+    return value
+
+
+# Through the base class: a subclass's own __str__ or __int__ is not what JSON writes.
+_PLAIN: tuple[tuple[type, Callable[[Any], Any]], ...] = (
+    (str, str.__str__),
+    (int, int.__int__),
+    (float, float.__float__),
+)
+
+
 def _normalized(task: Task, args: Iterable[Any], kwargs: dict[str, Any]) -> tuple[Any, Any]:  # type: ignore[type-arg]
     """The arguments as JSON values, as Django's contract asks; refused with a
     ``TypeError`` (:class:`UnserializableArgument`) naming the first one that is not."""
@@ -157,7 +185,7 @@ def _normalized(task: Task, args: Iterable[Any], kwargs: dict[str, Any]) -> tupl
     values = []
     for where, value in named:
         try:
-            values.append(normalize_json(value))
+            values.append(_json_value(value))
         except (TypeError, ValueError) as error:
             raise UnserializableArgument(
                 f"{where} of {task.module_path} cannot be stored: {error}. django.tasks "
@@ -219,22 +247,20 @@ class PQBackend(BaseTaskBackend):
 
     def get_result(self, result_id: str) -> TaskResult:  # type: ignore[type-arg]
         """The task's current state, read from its row."""
-        if not result_id.isdigit():
-            raise self._missing(result_id)
+        pk = _row_id(result_id)
         try:
-            row = TaskRow.objects.using(pq_settings.DATABASE).get(pk=int(result_id))
+            row = TaskRow.objects.using(pq_settings.DATABASE).get(pk=pk)
         except TaskRow.DoesNotExist:
-            raise self._missing(result_id) from None
+            raise _missing(result_id) from None
         return self._result(None, row)
 
     async def aget_result(self, result_id: str) -> TaskResult:  # type: ignore[type-arg]
         """See :meth:`get_result`."""
-        if not result_id.isdigit():
-            raise self._missing(result_id)
+        pk = _row_id(result_id)
         try:
-            row = await TaskRow.objects.using(pq_settings.DATABASE).aget(pk=int(result_id))
+            row = await TaskRow.objects.using(pq_settings.DATABASE).aget(pk=pk)
         except TaskRow.DoesNotExist:
-            raise self._missing(result_id) from None
+            raise _missing(result_id) from None
         return self._result(None, row)
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
@@ -258,9 +284,6 @@ class PQBackend(BaseTaskBackend):
         ]
 
     # -- reading rows --------------------------------------------------------------------
-
-    def _missing(self, result_id: str) -> Exception:
-        return TaskResultDoesNotExist(f"There is no django-pq task with id {result_id!r}.")
 
     def _task_of(self, row: TaskRow) -> Task:  # type: ignore[type-arg]
         try:
@@ -309,6 +332,23 @@ class PQBackend(BaseTaskBackend):
         return result
 
 
+def _row_id(result_id: str) -> int:
+    """The row id a result id names, or :class:`TaskResultDoesNotExist`.
+
+    Only ASCII digits: ``str.isdigit`` also takes "\\u00b2" (which ``int`` refuses) and
+    "\\u0661" (which ``int`` reads as 1, another task's id).
+    """
+    if not _RESULT_ID.fullmatch(str(result_id)):
+        raise _missing(result_id)
+    return int(result_id)
+
+
+def _missing(result_id: str) -> Exception:
+    return TaskResultDoesNotExist(f"There is no django-pq task with id {result_id!r}.")
+
+
+_RESULT_ID = re.compile(r"[0-9]+")
+
 _STATUS = {
     Status.PENDING: TaskResultStatus.READY,
     Status.RUNNING: TaskResultStatus.RUNNING,
@@ -324,21 +364,35 @@ _CLASS_FOR_CODE: dict[str, str] = {
 }
 # The line naming the exception in a formatted traceback: "ValueError: ..." or "pkg.Error".
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
+#: Top-level traceback headers, with the margin of the lines under them.
+_TRACEBACK_HEADERS = {
+    "Traceback (most recent call last):": "",
+    "  + Exception Group Traceback (most recent call last):": "  | ",
+}
+_HOOK_LINE = re.compile(r"^Hook .+ raised:$")
 
 
 def _exception_class_path(error_code: str, error: str) -> str:
     if error_code in _CLASS_FOR_CODE:
         return _CLASS_FOR_CODE[error_code]
     if error_code == ErrorCode.EXCEPTION:
-        named = None
-        for line in error.splitlines():
-            if line.startswith("Hook "):  # hook failures are appended after the task's own
+        lines = error.splitlines()
+        # Hook failures are appended after the task's own traceback.
+        hooks = [n for n, line in enumerate(lines) if _HOOK_LINE.match(line)]
+        lines = lines[: hooks[0]] if hooks else lines
+        # The exception line is the first line at the margin after the last top-level
+        # traceback header (the outermost of a chain); the message's further lines and the
+        # notes follow it. An exception group draws its margin as "  | ".
+        headers = [n for n, line in enumerate(lines) if line in _TRACEBACK_HEADERS]
+        margin = _TRACEBACK_HEADERS[lines[headers[-1]]] if headers else ""
+        for line in lines[headers[-1] + 1 :] if headers else lines:
+            line = line.removeprefix(margin)
+            if not line[:1].isspace():
+                match = _EXCEPTION_LINE.match(line)
+                if match:
+                    named = match.group(1)
+                    return named if "." in named else f"builtins.{named}"
                 break
-            match = _EXCEPTION_LINE.match(line)
-            if match and line != "Traceback (most recent call last):":
-                named = match.group(1)
-        if named:
-            return named if "." in named else f"builtins.{named}"
     return f"{TaskRunError.__module__}.{TaskRunError.__qualname__}"
 
 
@@ -393,7 +447,7 @@ def run_django_task(
         # Stored as Django's own backends store it (normalize_json), and checked against the
         # codec before task_finished is sent: a value that cannot be stored fails the run
         # with TypeError, and receivers hear FAILED, as get_result will say.
-        value = normalize_json(call(task.func, args, run.kwargs))
+        value = _json_value(call(task.func, args, run.kwargs))
         encode_value(value, where="the return value")
     except BaseException as error:
         object.__setattr__(task_result, "status", TaskResultStatus.FAILED)

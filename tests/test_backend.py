@@ -231,6 +231,14 @@ def test_get_result_of_unknown_ids_and_other_tasks() -> None:
     with pytest.raises(TaskResultDoesNotExist):
         backend.get_result("not-a-number")
     result = add.enqueue(1, 2)
+    # Digits str.isdigit() takes but that are not ASCII: "²" (int() refuses it) and the
+    # Arabic-Indic form of this task's id (int() reads it as the id: another string, same row).
+    arabic = result.id.translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+    for odd in ("²", arabic, f"{result.id}\n", "9" * 30):
+        with pytest.raises(TaskResultDoesNotExist):
+            backend.get_result(odd)
+        with pytest.raises(TaskResultDoesNotExist):
+            asyncio.run(backend.aget_result(odd))
     with pytest.raises(TaskResultMismatch):
         record.get_result(result.id)
     assert add.get_result(result.id).id == result.id

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -97,16 +98,29 @@ class Installation:
 
     def pq(self, *args: str) -> str:
         """Run ``pq_side.py ARGS`` with pq's own Python."""
-        done = subprocess.run(
+        done = self.pq_start(*args)
+        stdout, stderr = done.communicate(timeout=600)
+        assert done.returncode == 0, stderr
+        return stdout
+
+    def pq_start(self, *args: str) -> subprocess.Popen[str]:
+        """Start ``pq_side.py ARGS`` with pq's own Python; the caller waits for it."""
+        return subprocess.Popen(
             [str(self.pq_python), str(PQ_SIDE), args[0], self.url, *args[1:]],
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=600,
         )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+
+    def wait_until(self, statement: str, process: subprocess.Popen[str]) -> None:
+        """Until ``statement`` returns a row, while ``process`` runs (five minutes at most)."""
+        deadline = time.monotonic() + 300
+        while not self.sql(statement):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, f"never true: {statement}"
+            time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -283,6 +297,108 @@ def test_refuses_while_pq_tasks_run_or_pq_writes(installation: Installation) -> 
     assert locked.returncode == 1
     assert "could not be locked" in locked.stderr
     assert installation.sql("SELECT count(*) AS n FROM pq_tasks") == [{"n": 0}]
+
+
+def test_refuses_while_a_real_pq_worker_runs_a_schedule(
+    installation: Installation, tmp_path: Path
+) -> None:
+    # pq runs a schedule without a task row: only its lock says a pq worker is at work.
+    installation.sql(howto_sql("LEAST(GREATEST"))
+    release = tmp_path / "release"
+    worker = installation.pq_start("hold_schedule", str(release))
+    try:
+        installation.wait_until(
+            "SELECT 1 FROM pq_old.pq_periodic WHERE key = 'hold' AND locked_until > now() "
+            "AND last_run IS NOT NULL",
+            worker,
+        )
+        refused = installation.pq_import("--decode-pickles")
+        assert refused.returncode == 1, refused.stdout
+        assert "1 pq schedule(s) are being run by a pq worker" in refused.stderr
+        assert installation.sql("SELECT count(*) AS n FROM pq_periodic") == [{"n": 0}]
+    finally:
+        release.touch()
+        worker.communicate(timeout=300)
+    assert worker.returncode == 0
+    # pq's worker ended the run and cleared its lock: now the import goes through.
+    done = installation.pq_import("--decode-pickles")
+    assert done.returncode == 0, done.stderr
+    assert installation.sql("SELECT count(*) AS n FROM pq_periodic") == [{"n": 7}]
+
+
+def test_schedules_pq_spells_its_own_way_keep_pqs_meaning(installation: Installation) -> None:
+    installation.sql(howto_sql("LEAST(GREATEST"))
+    installation.pq("odd_schedules")
+    done = installation.pq_import("--decode-pickles")
+    assert done.returncode == 0, done.stderr
+    rows = installation.sql(
+        "SELECT key, max_concurrent, cron FROM pq_periodic WHERE key LIKE 'limit%%' "
+        "OR key LIKE '@%%'"
+    )
+    assert {row["key"]: (row["max_concurrent"], row["cron"]) for row in rows} == {
+        # pq keeps runs apart for every non-NULL max_concurrent, as django-pq's 1 does.
+        "limit0": (1, None),
+        "limit-1": (1, None),
+        # croniter's nicknames, as the five fields croniter reads them as.
+        "@hourly": (1, "0 * * * *"),
+        "@daily": (1, "0 0 * * *"),
+        "@midnight": (1, "0 0 * * *"),
+        "@weekly": (1, "0 0 * * 0"),
+        "@monthly": (1, "0 0 1 * *"),
+        "@yearly": (1, "0 0 1 1 *"),
+        "@annually": (1, "0 0 1 1 *"),
+    }
+
+
+def test_rows_edited_into_shapes_pq_never_writes_are_listed_not_a_traceback(
+    installation: Installation,
+) -> None:
+    installation.sql(howto_sql("LEAST(GREATEST"))
+    odd = {
+        "null kwargs": '{"args": [], "kwargs": null}',
+        "not an object": '"echo me"',
+        "pickled index not a number": '{"args": [1], "kwargs": {}, "pickled_args": ["x"]}',
+        "pickled key missing": '{"args": [], "kwargs": {}, "pickled_kwargs": ["gone"]}',
+    }
+    ids = [
+        row["id"]
+        for row in installation.sql(
+            "SELECT id FROM pq_old.pq_tasks WHERE status = 'PENDING' ORDER BY id LIMIT 5"
+        )
+    ]
+    for pq_id, payload in zip(ids, odd.values(), strict=False):
+        installation.sql("UPDATE pq_old.pq_tasks SET payload = %s WHERE id = %s", [payload, pq_id])
+    installation.sql(
+        "UPDATE pq_old.pq_tasks SET max_runtime_seconds = 'NaN' WHERE id = %s", [ids[4]]
+    )
+    installation.sql("UPDATE pq_old.pq_periodic SET max_runtime_seconds = 0 WHERE key = 'tick'")
+    refused = installation.pq_import("--decode-pickles")
+    assert refused.returncode == 1, refused.stderr
+    assert "Traceback" not in refused.stderr
+    reasons = {
+        (kind, int(pq_id)): why for kind, pq_id, _, why in REFUSED_LINE.findall(refused.stderr)
+    }
+    tick = installation.sql("SELECT id FROM pq_old.pq_periodic WHERE key = 'tick'")[0]["id"]
+    assert set(reasons) == {*(("task", pq_id) for pq_id in ids), ("schedule", tick)}
+    assert all("its payload is not pq's" in reasons["task", pq_id] for pq_id in ids[:4])
+    assert "max_runtime_seconds nan is not a positive" in reasons["task", ids[4]]
+    assert "max_runtime_seconds 0.0 is not a positive" in reasons["schedule", tick]
+    assert installation.sql("SELECT count(*) AS n FROM pq_tasks") == [{"n": 0}]
+
+
+def test_a_schema_named_like_sql_is_an_identifier(installation: Installation) -> None:
+    installation.sql(howto_sql("LEAST(GREATEST"))
+    odd = 'Pq Old"; DROP TABLE pq_tasks; --'
+    installation.sql('ALTER SCHEMA pq_old RENAME TO "Pq Old""; DROP TABLE pq_tasks; --"')
+    first = installation.django("pq_import_pq", "--schema", odd, "--decode-pickles")
+    assert first.returncode == 0, first.stderr
+    copied = installation.sql("SELECT count(*) AS n FROM pq_tasks")[0]["n"]
+    assert copied > 100 and f"Copied {copied} task(s)" in first.stdout
+    again = installation.django("pq_import_pq", "--schema", odd, "--decode-pickles")
+    assert again.returncode == 0 and "Copied 0 task(s)" in again.stdout, again.stderr
+    assert installation.sql(
+        'SELECT count(*) AS n FROM "Pq Old""; DROP TABLE pq_tasks; --".django_pq_imported'
+    ) == [{"n": copied + 6}]
 
 
 def test_refuses_django_pqs_own_schema_an_empty_one_and_an_older_pq(

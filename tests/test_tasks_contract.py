@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connections
+from django.db import connections, models
 from django.test.utils import override_settings
 from django.utils import timezone
 
@@ -47,6 +47,26 @@ class Overheated(Exception):
     """A task's own exception class, to be named by its path in the result's errors."""
 
 
+class Size(models.TextChoices):
+    SMALL = "s", "Small"
+    LARGE = "l", "Large"
+
+
+class Level(models.IntegerChoices):
+    LOW = 1, "Low"
+
+
+@task
+def describe_choices(size: str, levels: dict[str, int]) -> dict[str, Any]:
+    """What arrived (type names and values), and a choice returned as the value."""
+    seen = [
+        type(size).__name__,
+        size,
+        {type(k).__name__: type(v).__name__ for k, v in levels.items()},
+    ]
+    return {"seen": seen, "back": Size.LARGE, "level": Level.LOW}
+
+
 @task
 def multiply(a: int, b: int) -> int:
     return a * b
@@ -61,6 +81,24 @@ async def async_echo(value: Any) -> Any:
 @task
 def overheat(degrees: int) -> None:
     raise Overheated(f"{degrees} degrees is too hot")
+
+
+@task
+def overheat_verbosely(degrees: int) -> None:
+    """Its message and note have lines that read like other exceptions' lines."""
+    error = Overheated(f"{degrees} degrees\nKeyError: not this one\n  indented: nor this")
+    error.add_note("Hint: let it cool down")
+    raise error
+
+
+@task
+def overheat_in_groups() -> None:
+    raise ExceptionGroup("two sensors\nValueError: not this one", [Overheated("a"), KeyError("b")])
+
+
+@task
+def exits() -> None:
+    raise SystemExit(3)
 
 
 @task
@@ -290,13 +328,17 @@ def test_results_errors_and_signals_agree(start_worker: Any) -> None:
     echoed = async_echo.enqueue({"nested": [1, "two"]})
     failed = overheat.enqueue(400)
     unencodable = returns_an_object.enqueue()
+    verbose = overheat_verbosely.enqueue(500)
+    grouped = overheat_in_groups.enqueue()
+    exited = exits.enqueue()
     burst(start_worker)
 
-    for result in (ok, normalized, echoed, failed, unencodable):
+    results = (ok, normalized, echoed, failed, unencodable, verbose, grouped, exited)
+    for result in results:
         result.refresh()
 
     # Receivers in the worker heard what get_result reads now: status, errors and value.
-    for result in (unencodable, ok, normalized, echoed, failed):
+    for result in results:
         started = {"status": "RUNNING", "errors": [], "value": None}
         assert heard(result.id, "contract_started") == [started]
         finished = {
@@ -320,6 +362,11 @@ def test_results_errors_and_signals_agree(start_worker: Any) -> None:
     assert error.traceback.rstrip().endswith("Overheated: 400 degrees is too hot")
     with pytest.raises(ValueError, match="Task failed"):
         failed.return_value  # noqa: B018
+    # The class is the one raised, whatever lines its message and notes add.
+    assert verbose.errors[0].exception_class is Overheated
+    assert "Hint: let it cool down" in verbose.errors[0].traceback
+    assert grouped.errors[0].exception_class is ExceptionGroup
+    assert exited.errors[0].exception_class is SystemExit
 
     # A return value that cannot be stored fails the run as Django's backends fail it.
     assert unencodable.status == TaskResultStatus.FAILED
@@ -328,6 +375,19 @@ def test_results_errors_and_signals_agree(start_worker: Any) -> None:
     assert "Unsupported type" in error.traceback
     assert unencodable.finished_at is not None
     assert TaskRow.objects.get(pk=int(unencodable.id)).status == Status.FAILED
+
+
+def test_choices_and_other_str_and_int_subclasses_are_json_values(start_worker: Any) -> None:
+    # Django's backends take them (json.dumps writes them as the string or number they are).
+    result = describe_choices.enqueue(Size.SMALL, levels={Size.LARGE: Level.LOW})
+    assert result.args == ["s"] and result.kwargs == {"levels": {"l": 1}}
+    burst(start_worker)
+    result.refresh()
+    assert result.status == TaskResultStatus.SUCCESSFUL, result.errors
+    assert result.return_value == {"seen": ["str", "s", {"str": "int"}], "back": "l", "level": 1}
+    value = result.return_value
+    assert (type(value["back"]), type(value["level"])) == (str, int)
+    assert heard(result.id, "contract_finished")[0]["status"] == "SUCCESSFUL"
 
 
 def test_context_carries_the_attempt_and_the_result_id(start_worker: Any) -> None:

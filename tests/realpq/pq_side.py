@@ -3,6 +3,8 @@
     python pq_side.py fill postgresql://.../db   # pq's migrations, its worker, its API
     python pq_side.py dump postgresql://.../db   # what pq stored in pq_old, as JSON
     python pq_side.py downgrade postgresql://.../db REVISION   # pq's Alembic, in pq_old
+    python pq_side.py odd_schedules postgresql://.../db   # schedules only pq spells so
+    python pq_side.py hold_schedule postgresql://.../db MARKER   # pq's worker mid-run
 
 The rows are read where the how-to moved them, schema ``pq_old``. ``fill`` uses only pq's
 public API: its migrations, ``enqueue``/``schedule``, and its own
@@ -27,7 +29,7 @@ from pq import PQ, Periodic, Priority, Task
 from pq.serialization import deserialize
 from pydantic import BaseModel
 
-from tests.realpq.tasks import boom, describe_call, echo
+from tests.realpq.tasks import boom, describe_call, echo, wait_for
 
 #: Priorities of the pending tasks: pq's five levels and values between them.
 PRIORITIES = (0, 1, 10, 25, 49, 50, 51, 75, 99, 100)
@@ -153,6 +155,31 @@ def dump(url: str) -> None:
     json.dump({"tasks": tasks, "schedules": schedules}, sys.stdout)
 
 
+def odd_schedules(url: str) -> None:
+    """Schedules pq accepts and django-pq spells differently: ``max_concurrent`` 0 or below
+    (pq locks every non-NULL value, as for 1) and croniter's ``@`` nicknames."""
+    pq = PQ(sqlalchemy_url(url, SCHEMA))
+    for limit in (0, -1):
+        pq.schedule(echo, limit, run_every=timedelta(hours=1), key=f"limit{limit}",
+                    max_concurrent=limit)  # fmt: skip
+    for nickname in ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually",
+                     "@midnight"):  # fmt: skip
+        pq.schedule(echo, nickname, cron=nickname, key=nickname)
+    pq.close()
+
+
+def hold_schedule(url: str, marker: str) -> None:
+    """pq's worker runs a schedule that waits for ``marker``: a pq worker mid-run."""
+    from pq.worker import _process_periodic_task
+
+    pq = PQ(sqlalchemy_url(url, SCHEMA))
+    # CRITICAL, so pq's worker picks it before the other due schedules.
+    pq.schedule(wait_for, marker, run_every=timedelta(hours=1), key="hold",
+                priority=Priority.CRITICAL)  # fmt: skip
+    assert _process_periodic_task(pq, max_runtime=600)
+    pq.close()
+
+
 def downgrade(url: str, revision: str) -> None:
     """Take pq's tables back to an older pq's schema with pq's own Alembic migrations."""
     import importlib.resources
@@ -167,4 +194,11 @@ def downgrade(url: str, revision: str) -> None:
 
 
 if __name__ == "__main__":
-    {"fill": fill, "dump": dump, "downgrade": downgrade}[sys.argv[1]](*sys.argv[2:])
+    commands = {
+        "fill": fill,
+        "dump": dump,
+        "downgrade": downgrade,
+        "odd_schedules": odd_schedules,
+        "hold_schedule": hold_schedule,
+    }
+    commands[sys.argv[1]](*sys.argv[2:])

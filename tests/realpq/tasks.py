@@ -37,3 +37,14 @@ def echo(*args: Any, **kwargs: Any) -> Any:
 def boom(reason: str) -> None:
     """Fail, so pq's worker leaves a failed row behind."""
     raise RuntimeError(f"boom: {reason}")
+
+
+def wait_for(path: str) -> str:
+    """Runs until ``path`` exists (at most five minutes): a task a test can hold running."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 300
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return path

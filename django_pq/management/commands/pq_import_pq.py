@@ -17,10 +17,12 @@ from __future__ import annotations
 import base64
 import importlib
 import json
+import math
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from croniter import croniter
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError, connections, transaction
 
@@ -103,16 +105,40 @@ def _dill_unpickler() -> Unpickle:
     return unpickle
 
 
+def _payload_parts(raw: Any) -> tuple[list[Any], dict[str, Any], list[int], list[str]]:
+    """args, kwargs and the pickled indexes and keys of pq's payload, as pq's
+    ``deserialize`` reads them; :class:`RowRefused` for any other shape (edited by hand)."""
+    data = _json(raw)
+    if isinstance(data, dict):
+        args, kwargs = data.get("args", []), data.get("kwargs", {})
+        pickled_args, pickled_kwargs = data.get("pickled_args", []), data.get("pickled_kwargs", [])
+        if (
+            isinstance(args, list)
+            and isinstance(kwargs, dict)
+            and isinstance(pickled_args, list)
+            and all(type(i) is int and 0 <= i < len(args) for i in pickled_args)
+            and isinstance(pickled_kwargs, list)
+            and all(isinstance(key, str) and key in kwargs for key in pickled_kwargs)
+        ):
+            return args, kwargs, pickled_args, pickled_kwargs
+    shown = json.dumps(data)
+    shown = shown if len(shown) <= 200 else f"{shown[:200]}..."
+    raise RowRefused(
+        "its payload is not pq's (an object with an args list, a kwargs object and the "
+        f"pickled_args/pickled_kwargs that name them): {shown}"
+    )
+
+
 def _payload(raw: Any, unpickle: Unpickle | None) -> dict[str, Any]:
     """pq's payload (JSON, with dill pickles marked in ``pickled_args``/``pickled_kwargs``)
     in django-pq's codec. Raises :class:`RowRefused` when it cannot be carried over."""
-    data = _json(raw) or {}
-    args, kwargs = list(data.get("args", [])), dict(data.get("kwargs", {}))
+    args, kwargs, pickled_args, pickled_kwargs = _payload_parts(raw)
+    args, kwargs = list(args), dict(kwargs)
     # (where the value sits, its index or key, how an error names it)
     pickled: list[tuple[Any, Any, str]] = [
-        (args, int(i), f"positional argument {int(i) + 1}") for i in data.get("pickled_args") or []
+        (args, i, f"positional argument {i + 1}") for i in pickled_args
     ]
-    pickled += [(kwargs, key, f"argument {key!r}") for key in data.get("pickled_kwargs") or []]
+    pickled += [(kwargs, key, f"argument {key!r}") for key in pickled_kwargs]
     if pickled and unpickle is None:
         raise RowRefused(
             f"arguments pickled with dill ({', '.join(where for _, _, where in pickled)}); "
@@ -137,6 +163,24 @@ def _priority(value: Any) -> int:
     return priority
 
 
+def _max_runtime(value: Any) -> float | None:
+    # pq's API refuses these too, but its table takes them (a row written by hand).
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise RowRefused(f"max_runtime_seconds {value!r} is not a positive number of seconds")
+    return value  # type: ignore[no-any-return]
+
+
+def _cron(expression: str) -> str:
+    """pq's cron in django-pq's five fields: croniter's nicknames (``@daily``, which pq
+    stores as given) become the fields croniter reads them as."""
+    if expression.strip().startswith("@"):
+        try:
+            return " ".join(str(field) for field in croniter(expression.strip()).expressions)
+        except (ValueError, KeyError):
+            pass  # validate_cron names the problem
+    return validate_cron(expression)
+
+
 class Command(BaseCommand):
     help = (
         "Copy tasks and schedules from pq 0.9 tables in another schema of the same database "
@@ -158,8 +202,9 @@ class Command(BaseCommand):
             action="store_true",
             help="Decode the arguments pq pickled with dill (every datetime, Decimal, UUID, "
             "set, bytes, ...) and store them in django-pq's JSON codec. This runs pickle "
-            "(dill.loads) on the data in pq's tables, which can execute any code: use it only "
-            "on your own pq data. Needs dill installed (default: off, such rows are refused).",
+            "(dill.loads) on the data in pq's tables, with --dry-run too, which can execute any "
+            "code in this process: use it only on pq data you trust as your own code. Needs "
+            "dill installed (default: off, such rows are refused).",
         )
         parser.add_argument(
             "--dry-run", action="store_true", help="Check and count, write nothing."
@@ -250,19 +295,33 @@ class Command(BaseCommand):
         cursor.execute("SET LOCAL lock_timeout = DEFAULT")
 
     def _check_running(self, cursor: Any, schema: str) -> None:
-        cursor.execute(
-            f"SELECT count(*) FROM {_table(schema, 'pq_tasks')} "
-            "WHERE lower(status::text) = 'running'"
-        )
-        running = cursor.fetchone()[0]
-        if running:
-            raise Refused(
-                f"{running} pq task(s) are still running. Stop pq's workers (they would finish "
-                "rows that were already copied), let the rows settle, and run the import again. "
-                "If no pq worker is left, the rows were left by one that died: decide their "
-                f"fate in pq's table (UPDATE {schema}.pq_tasks SET status = 'FAILED' WHERE "
-                "status = 'RUNNING', or 'PENDING' to run them again), then import."
-            )
+        """Refuse while pq runs anything: a task (status RUNNING) or a schedule, which pq
+        runs without a task row and marks with ``locked_until`` (set for the run whenever
+        ``max_concurrent`` is not NULL, cleared when it ends)."""
+        checks = [
+            (
+                "pq_tasks",
+                "lower(status::text) = 'running'",
+                "pq task(s) are still running. Stop pq's workers (they would finish rows that "
+                "were already copied), let the rows settle, and run the import again. If no pq "
+                "worker is left, the rows were left by one that died: decide their fate in pq's "
+                f"table (UPDATE {schema}.pq_tasks SET status = 'FAILED' WHERE status = "
+                "'RUNNING', or 'PENDING' to run them again), then import.",
+            ),
+            (
+                "pq_periodic",
+                "max_concurrent IS NOT NULL AND locked_until > now()",
+                "pq schedule(s) are being run by a pq worker (locked_until is in the future). "
+                "Stop pq's workers, let the runs end, and run the import again. If no pq "
+                "worker is left, the lock was left by one that died: UPDATE "
+                f"{schema}.pq_periodic SET locked_until = NULL; then import.",
+            ),
+        ]
+        for table, where, message in checks:
+            cursor.execute(f"SELECT count(*) FROM {_table(schema, table)} WHERE {where}")
+            running = cursor.fetchone()[0]
+            if running:
+                raise Refused(f"{running} {message}")
 
     def _read(
         self,
@@ -301,7 +360,9 @@ class Command(BaseCommand):
         return converted
 
     def _task(self, row: dict[str, Any], unpickle: Unpickle | None) -> Task:
-        payload, priority = self._checked(row, unpickle, [])
+        reasons: list[str] = []
+        max_runtime = _refused_into(reasons, _max_runtime, row["max_runtime_seconds"])
+        payload, priority = self._checked(row, unpickle, reasons)
         status = str(row["status"]).lower()
         finished = status in FINISHED
         return Task(
@@ -316,7 +377,7 @@ class Command(BaseCommand):
             attempts=row["attempts"] if finished else 0,
             # pq runs a task at most once.
             max_attempts=max(1, int(row["attempts"] or 0)) if finished else 1,
-            max_runtime=row["max_runtime_seconds"],
+            max_runtime=max_runtime,
             client_id=row["client_id"],
             error=row["error"] or "",
             error_code=ErrorCode.EXCEPTION if status == "failed" else "",
@@ -326,12 +387,14 @@ class Command(BaseCommand):
         every, cron, reasons = row["run_every"], row["cron"] or None, []
         if cron:
             try:
-                cron = validate_cron(cron)
+                cron = _cron(cron)
             except InvalidSchedule as error:
                 reasons.append(str(error))
         elif not isinstance(every, timedelta) or every <= timedelta(0):
             reasons.append(f"run_every {every!r} is not a positive interval")
+        max_runtime = _refused_into(reasons, _max_runtime, row["max_runtime_seconds"])
         payload, priority = self._checked(row, unpickle, reasons)
+        limit = row["max_concurrent"]
         return Periodic(
             name=row["name"],
             key=row["key"] or "",
@@ -342,9 +405,11 @@ class Command(BaseCommand):
             timezone="UTC",  # pq evaluates cron in UTC
             next_run=row["next_run"],
             last_run=row["last_run"],
-            max_concurrent=row["max_concurrent"],
+            # pq keeps runs from overlapping for every non-NULL max_concurrent (its API
+            # takes 0 and below): django-pq spells that 1.
+            max_concurrent=None if limit is None else 1,
             active=row["active"],
-            max_runtime=row["max_runtime_seconds"],
+            max_runtime=max_runtime,
             client_id=row["client_id"],
         )
 
@@ -352,21 +417,13 @@ class Command(BaseCommand):
         self, row: dict[str, Any], unpickle: Unpickle | None, reasons: list[str]
     ) -> tuple[dict[str, Any], int]:
         """The row's payload and priority, or :class:`RowRefused` with every reason at once."""
-        payload: dict[str, Any] = {}
-        priority = 0
         if not is_allowed_module(row["name"].partition(":")[0]):
             reasons.append(
                 "its module is outside django-pq's allowed modules, so a worker would refuse "
                 "to run it (add the module to PQ_ALLOWED_MODULES, or move it into an installed app)"
             )
-        try:
-            payload = _payload(row["payload"], unpickle)
-        except RowRefused as error:
-            reasons.append(str(error))
-        try:
-            priority = _priority(row["priority"])
-        except RowRefused as error:
-            reasons.append(str(error))
+        payload = _refused_into(reasons, _payload, row["payload"], unpickle) or {}
+        priority = _refused_into(reasons, _priority, row["priority"]) or 0
         if reasons:
             raise RowRefused("; ".join(reasons))
         return payload, priority
@@ -448,6 +505,18 @@ class Command(BaseCommand):
                 "SELECT %s, unnest(%s::bigint[]), unnest(%s::bigint[])",
                 [source, [pq_id for pq_id, _ in pairs], [row.pk for _, row in pairs]],
             )
+
+
+Value = TypeVar("Value")
+
+
+def _refused_into(reasons: list[str], convert: Callable[..., Value], *args: Any) -> Value | None:
+    """``convert(*args)``, or None with the reason it raised added to ``reasons``."""
+    try:
+        return convert(*args)
+    except RowRefused as error:
+        reasons.append(str(error))
+        return None
 
 
 def _table(schema: str, table: str) -> str:
