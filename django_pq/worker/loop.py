@@ -51,6 +51,7 @@ MEMORY_CHECK_INTERVAL = 0.25
 #: After a failed heartbeat, try again this soon, doubling per failure up to a quarter of
 #: the heartbeat interval: a lost connection must not cost a whole interval of the lease.
 HEARTBEAT_RETRY = 0.05
+CHORES_PAUSE = 1.0
 SHUTDOWN_FLUSH_TIMEOUT = 10.0
 
 
@@ -88,6 +89,7 @@ class WorkerLoop:
         self.next_heartbeat = now
         self.check_orphans = False
         self.heartbeat_failures = 0
+        self.chores_resume_at = 0.0  # after a refused statement, the chores pause until then
         self.cancel_hints: set[int] = set()  # task ids a notification named; not yet confirmed
         self.descendants = Descendants()
         self.next_descendant_scan = now
@@ -209,6 +211,24 @@ class WorkerLoop:
             self._release_idle_children()
             if not self.children:
                 return False
+        if now >= self.chores_resume_at:
+            try:
+                self._database_chores(now)
+            except psycopg.Error:
+                # A statement the database refused for a reason no retry mends (a value
+                # in some row it cannot process): log it, pause the chores a moment so a
+                # refusal cannot spin the loop, and carry on, so no row stops the worker.
+                # A lost connection never gets here.
+                logger.exception("A database statement failed; the worker carries on")
+                self.chores_resume_at = now + CHORES_PAUSE
+        if not self._busy() and not self.signals_received and self._is_done():
+            self._release_idle_children()
+            if not self.children:
+                return False
+        self._wait(self._timeout(time.monotonic()))
+        return True
+
+    def _database_chores(self, now: float) -> None:
         if self.db.connect() and not self.registered:
             self._register()
         if self.registered and self.check_orphans:
@@ -220,12 +240,6 @@ class WorkerLoop:
                 self._prune_if_due(now)
                 self._fire_if_due(now)
             self._write_and_claim(now)
-        if not self._busy() and not self.signals_received and self._is_done():
-            self._release_idle_children()
-            if not self.children:
-                return False
-        self._wait(self._timeout(time.monotonic()))
-        return True
 
     def _busy(self) -> list[RunningChild]:
         return [child for child in self.children.values() if child.task is not None]
@@ -473,7 +487,8 @@ class WorkerLoop:
 
     def _retry_delay(self, attempt: int) -> float:
         """Exponential backoff with jitter: base * 2^(attempt-1), capped, half of it random."""
-        growth: float = 2.0 ** max(attempt - 1, 0)
+        # The exponent is capped: any attempt count a row can hold must give a delay.
+        growth: float = 2.0 ** min(max(attempt - 1, 0), 64)
         ceiling = min(self.config.retry_max_delay, self.config.retry_delay * growth)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
@@ -580,7 +595,8 @@ class WorkerLoop:
                     task_id=outcome.task_id,
                     run_token=outcome.run_token,
                     status="failed",
-                    error_code="exception",
+                    # A failure keeps its cause; a result that cannot be stored is one.
+                    error_code=outcome.error_code if outcome.status == "failed" else "exception",
                     error=f"The task's outcome could not be stored: {error}",
                 )
                 # A version parked on the row that cannot be applied (a hostile requeue)
@@ -633,9 +649,15 @@ class WorkerLoop:
             len(lost),
             ", ".join(str(task_id) for task_id, _ in lost),
         )
-        self.db.execute(
-            "reap", sql.FINISH_STATEMENT, sql.finish_params(outcomes, self.config.channel)
-        )
+        try:
+            self.db.execute(
+                "reap", sql.FINISH_STATEMENT, sql.finish_params(outcomes, self.config.channel)
+            )
+        except psycopg.Error:
+            # One of the rows cannot take the verdict as it is (say, a hostile parked
+            # version): write them one by one, so each lands or fails alone.
+            logger.exception("Could not reap %d tasks together", len(outcomes))
+            self._write_one_by_one(outcomes)
 
     def _fire_if_due(self, now: float) -> None:
         if now < self.next_fire or not self.db.is_connected:
@@ -669,21 +691,24 @@ class WorkerLoop:
 
     def _timeout(self, now: float) -> float:
         busy = self._busy()
-        if self.should_claim and len(busy) < self.config.concurrency and self.registered:
-            return 0.0
-        moments = [self.next_heartbeat, self.next_fire]
-        if not self.config.listen:
-            moments.append(self.next_poll)
-        if self.next_run_at is not None:
-            moments.append(self.next_run_at)
-        if self.drain_deadline is not None:
-            moments.append(self.drain_deadline)
-        if busy:
+        moments: list[float] = []
+        if busy:  # the children are watched whatever else waits
             moments.append(self.lease_deadline)
             if self.config.max_memory_mb is not None:
                 moments.append(self.next_memory_check)
             for child in self.children.values():
                 moments += [m for m in (child.deadline, child.kill_at) if m is not None]
+        if self.drain_deadline is not None:
+            moments.append(self.drain_deadline)
+        if now < self.chores_resume_at:  # the database chores pause after a refusal
+            return max(0.0, min([self.chores_resume_at, *moments]) - now)
+        if self.should_claim and len(busy) < self.config.concurrency and self.registered:
+            return 0.0
+        moments += [self.next_heartbeat, self.next_fire]
+        if not self.config.listen:
+            moments.append(self.next_poll)
+        if self.next_run_at is not None:
+            moments.append(self.next_run_at)
         if not self.db.is_connected or self.unwritten:
             moments.append(now + 0.2)
         return max(0.0, min(moments) - now)

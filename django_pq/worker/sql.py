@@ -78,7 +78,8 @@ def claim_statement(config: WorkerConfig) -> str:
         )
         UPDATE pq_tasks t SET
             status = 'running', worker_id = %(worker)s, run_token = gen_random_uuid(),
-            attempts = t.attempts + 1, started_at = now(), finished_at = NULL,
+            -- Capped so a hand-written attempts of 2^31-1 cannot fail the whole claim.
+            attempts = least(t.attempts, 2147483646) + 1, started_at = now(), finished_at = NULL,
             is_cancel_requested = false
         FROM claimable WHERE t.id = claimable.id
         RETURNING {_CLAIMED_COLUMNS}

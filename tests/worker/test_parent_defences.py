@@ -186,3 +186,53 @@ def test_an_infinite_run_at_leaves_the_heartbeat_working(start_worker):
         Task.objects.filter(pk=poison.pk).delete()
     assert worker.process.poll() is None
     assert "Traceback" not in worker.output()
+
+
+# -- found by the property test: values a row can hold that the worker's arithmetic or
+# -- statements could not take ---------------------------------------------------------------
+
+
+def test_a_dead_workers_task_with_an_unusable_parked_version_is_reaped_alone(start_worker):
+    hostile = Task.objects.create(name="tests.testapp.tasks:add", payload={"args": [1, 1]})
+    with connect_like_django() as admin:
+        # Running under a worker that has no row (dead), with a parked version whose
+        # run_at the finish statement cannot cast.
+        admin.execute(
+            "UPDATE pq_tasks SET status = 'running', attempts = 1, run_token = gen_random_uuid(),"
+            " worker_id = gen_random_uuid(), started_at = now(),"
+            """ requeue = '{"name": "x", "run_at": "not a time"}' WHERE id = %s""",
+            [hostile.pk],
+        )
+    worker = start_worker("--concurrency", "1")
+    reaped = wait_until(lambda: finished(hostile), 60, "the reaper to finish the task")
+    assert (reaped.status, reaped.error_code) == ("failed", "worker_lost")
+    good = pq.enqueue(tasks.add, 2, 2)
+    assert wait_until(lambda: finished(good), 30).result == 4
+    assert worker.process.poll() is None
+
+
+@pytest.mark.parametrize("attempts", [32767, 2147483647])
+def test_any_attempt_count_a_row_holds_still_runs_and_retries(start_worker, attempts):
+    failing = pq.enqueue(tasks.raise_error, max_attempts=2147483647)
+    counted = pq.enqueue(tasks.add, 3, 4)
+    Task.objects.filter(pk__in=[failing.pk, counted.pk]).update(attempts=attempts)
+    worker = start_worker("--concurrency", "1")
+    assert wait_until(lambda: finished(counted), 30, "the counted task to run").result == 7
+    if attempts < 2147483646:
+        # The failing one ran, failed and was put back with a finite backoff.
+        retried = wait_until(
+            lambda: (
+                Task.objects.filter(pk=failing.pk, status="pending", error_code="exception")
+                .exclude(started_at=None)
+                .first()
+            ),
+            30,
+            "the failing task to be retried",
+        )
+        assert retried.run_at > retried.started_at
+    else:
+        # No attempt count is left past the largest: it ran once more and that was its last.
+        spent = wait_until(lambda: finished(failing), 30, "the failing task to end")
+        assert (spent.status, spent.error_code, spent.attempts) == ("failed", "exception", attempts)
+    assert worker.process.poll() is None
+    assert "Traceback" not in worker.output()
