@@ -31,7 +31,8 @@ from tests.conftest import skip_or_fail
 from tests.realpq import install
 from tests.realpq.tasks import describe_call
 
-pytestmark = pytest.mark.realpq
+# A virtualenv with real pq, its own worker and ours: a minute or two, so `slow` too.
+pytestmark = [pytest.mark.realpq, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 HOWTO = REPO / "docs" / "how-to" / "from-pq.md"

@@ -223,6 +223,9 @@ def _run(
     return verdict
 
 
+# Every statement x moment is a real worker losing a real connection: minutes in all,
+# so in the `slow` selection, which CI always runs.
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", MOMENTS)
 @pytest.mark.parametrize("statement", STATEMENTS)
 def test_connection_lost_at_statement(test_db, fleet, statement, moment) -> None:
@@ -234,19 +237,21 @@ def test_connection_lost_at_statement(test_db, fleet, statement, moment) -> None
         assert status == "cancelled"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", MOMENTS)
 @pytest.mark.parametrize(
     "statement",
     [
         "finish_claim",
-        pytest.param("claim", marks=pytest.mark.slow),
-        pytest.param("heartbeat", marks=pytest.mark.slow),
+        "claim",
+        "heartbeat",
     ],
 )
 def test_connection_lost_with_reused_children(test_db, fleet, statement, moment) -> None:
     _run(test_db, fleet, statement, moment, SCENARIOS[statement], ("--tasks-per-child", "3"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", MOMENTS)
 def test_connection_lost_at_finish_through_the_django_tasks_backend(
     test_db, fleet, settings, moment
