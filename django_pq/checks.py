@@ -27,7 +27,7 @@ from django.core.checks import Warning as CheckWarning
 from django.core.exceptions import ImproperlyConfigured
 from django.db.utils import load_backend
 
-from django_pq.conf import SETTINGS, Setting
+from django_pq.conf import SETTINGS, Setting, heartbeat_fits_lease
 
 __all__ = [
     "check_allowed_modules_in_project",
@@ -134,14 +134,14 @@ def check_heartbeat_within_lease(
         return []  # Their own checks report the bad values.
     heartbeat = _value(_BY_NAME["PQ_HEARTBEAT_INTERVAL"])
     lease = _value(_BY_NAME["PQ_LEASE"])
-    if heartbeat < lease / 2:
+    if heartbeat_fits_lease(heartbeat, lease):
         return []
     return [
         Error(
             f"PQ_HEARTBEAT_INTERVAL ({heartbeat!r} s) must be less than half of PQ_LEASE "
             f"({lease!r} s), so a worker renews its lease at least twice before it lapses.",
             hint=f"Lower PQ_HEARTBEAT_INTERVAL below {lease / 2:g}, or raise PQ_LEASE above "
-            f"{heartbeat * 2:g}. The defaults (5 and 30) leave room for six renewals.",
+            f"{heartbeat * 2:g}. The defaults (10 and 30) renew three times per lease.",
             id="django_pq.E021",
         )
     ]

@@ -50,6 +50,12 @@ def _module_list(value: Any) -> bool:
     )
 
 
+def heartbeat_fits_lease(heartbeat: float, lease: float) -> bool:
+    """The one rule for both settings (check E021 and the worker's own config): a worker
+    renews its lease at least twice per lease, so one slow heartbeat cannot let it lapse."""
+    return heartbeat < lease / 2
+
+
 @dataclass(frozen=True)
 class Setting:
     """One ``PQ_*`` setting: its default, the rule its value must follow, and its check id."""

@@ -21,6 +21,7 @@ from django_pq.checks import (
     check_unknown,
 )
 from django_pq.conf import SETTINGS, Setting
+from django_pq.worker.config import ConfigError, WorkerConfig
 
 # Values no PQ_* setting accepts: a string where a number is expected, a negative number
 # where a string is expected, and so on. Each setting gets the first value it refuses.
@@ -185,3 +186,17 @@ def test_allowed_modules_outside_the_project_are_warned_about() -> None:
     with override_settings(PQ_ALLOWED_MODULES=["tests.testapp"]):
         assert check_allowed_modules_in_project() == []
     assert check_allowed_modules_in_project() == []  # the default needs no warning
+
+
+@pytest.mark.parametrize(("heartbeat", "lease"), [(15.0, 30.0), (14.9, 30.0), (10.0, 30.0)])
+def test_the_worker_and_check_e021_draw_the_line_in_one_place(
+    heartbeat: float, lease: float
+) -> None:
+    with override_settings(PQ_HEARTBEAT_INTERVAL=heartbeat, PQ_LEASE=lease):
+        refused_by_check = bool(check_heartbeat_within_lease())
+        try:
+            WorkerConfig.from_settings()
+            refused_by_worker = False
+        except ConfigError:
+            refused_by_worker = True
+    assert refused_by_check == refused_by_worker == (heartbeat >= lease / 2)

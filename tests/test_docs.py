@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -51,6 +52,20 @@ def test_setting_is_in_the_settings_reference(setting: Setting) -> None:
     assert setting.check_id in sections[setting.name], (
         f"the {setting.name} section of docs/reference/settings.md does not name "
         f"its check, {setting.check_id}"
+    )
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=[setting.name for setting in SETTINGS])
+def test_the_documented_default_is_the_real_one(setting: Setting) -> None:
+    section = _sections("settings.md")[setting.name]
+    row = re.search(r"^\| `[^`]+` \| (.+?) \| \[`django_pq", section, re.MULTILINE)
+    assert row, f"the {setting.name} section has no | Type | Default | Check | row"
+    shown = (
+        json.dumps(setting.default) if isinstance(setting.default, str) else repr(setting.default)
+    )
+    assert f"`{shown}`" in row.group(1), (
+        f"docs/reference/settings.md gives {setting.name} the default {row.group(1)}; "
+        f"conf.SETTINGS says {setting.default!r}"
     )
 
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from django_pq.conf import pq_settings
+from django_pq.conf import heartbeat_fits_lease, pq_settings
 from django_pq.models import Priority
 
 
@@ -73,10 +73,11 @@ class WorkerConfig:
         _positive("--max-child-memory", self.max_child_memory_mb, optional=True)
         _positive("PQ_LEASE", self.lease)
         _positive("PQ_HEARTBEAT_INTERVAL", self.heartbeat_interval)
-        if self.heartbeat_interval * 2 > self.lease:
+        if not heartbeat_fits_lease(self.heartbeat_interval, self.lease):
             raise ConfigError(
-                f"PQ_HEARTBEAT_INTERVAL ({self.heartbeat_interval}s) must be at most half of "
-                f"PQ_LEASE ({self.lease}s), so a worker renews its lease before it lapses."
+                f"PQ_HEARTBEAT_INTERVAL ({self.heartbeat_interval}s) must be less than half of "
+                f"PQ_LEASE ({self.lease}s), so a worker renews its lease at least twice "
+                "before it lapses (check django_pq.E021)."
             )
         for queue in self.queues:
             if not queue or len(queue) > 100:
