@@ -1,5 +1,5 @@
 """The wheel ships the product: django_pq and its metadata, nothing only our tests or
-benchmarks need (issue 14). The benchmark lives in benchmarks/, the throwaway PostgreSQL
+benchmarks need. The benchmark lives in benchmarks/, the throwaway PostgreSQL
 in devdb.py at the repository root; neither may creep back into the package.
 """
 

@@ -1,11 +1,11 @@
-"""The fault suite's machinery: real workers, a run ledger, and the invariants of DESIGN §4.
+"""The fault suite's machinery: real workers, a run ledger, and its invariants (reliability.md).
 
 Every scenario starts real ``pq_worker`` processes (``Fleet``), does something nasty to
 them or to the database, waits until the system is quiet, and then calls
 ``check_invariants``, which reads the task rows and the run ledger (``FaultLedger``,
 written by ``tests.testapp.tasks.ledger`` through the child's own autocommit connection).
 
-Scale: ``DJANGO_PQ_FAULT_SCALE`` is the fraction of the issue's full sizes the load
+Scale: ``DJANGO_PQ_FAULT_SCALE`` is the fraction of the full sizes (scale 1) the load
 scenarios use (1: 8 workers on 10,000 tasks while 2 producers add 10,000 each). The
 default, 0.03, keeps the whole suite within about eight minutes on a 2-core machine.
 Set ``DJANGO_PQ_FAULT_FIGURES=path.json`` to keep the run's figures (the reliability page
@@ -41,7 +41,7 @@ LEDGER_TASK = "tests.testapp.tasks:ledger"
 LEDGER_TABLE = "testapp_faultledger"
 MARKER_VARIABLE = "DJANGO_PQ_FAULT_MARKER"
 FAKETIME_LIBRARY = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-#: How long after its worker died a row may still be ``running`` (DESIGN §4), plus slack
+#: How long after its worker died a row may still be ``running`` (delivery.md), plus slack
 #: for a machine busy with other test runs.
 REAP_BOUND = FAST_LIVENESS["PQ_LEASE"] + FAST_LIVENESS["PQ_HEARTBEAT_INTERVAL"]
 
@@ -50,7 +50,7 @@ FIGURES: Counter[str] = Counter()
 
 
 def scaled(full_size: int, minimum: int = 1) -> int:
-    """``full_size`` (the issue's figure) at this run's scale, at least ``minimum``."""
+    """``full_size`` (its figure at scale 1) at this run's scale, at least ``minimum``."""
     return max(minimum, round(full_size * SCALE))
 
 
@@ -378,7 +378,7 @@ def check_invariants(
     runs_allowed: dict[int, int] | None = None,
     expected_ids: list[int] | None = None,
 ) -> Verdict:
-    """Assert the promises of DESIGN §4 (see ``judge``), counting the suite's figures."""
+    """Assert the promises of reliability.md (see ``judge``), counting the suite's figures."""
     verdict = judge(target, runs_allowed=runs_allowed, expected_ids=expected_ids)
     FIGURES["invariant checks"] += 1
     FIGURES["runs recorded"] += verdict.runs
@@ -394,7 +394,7 @@ def judge(
     runs_allowed: dict[int, int] | None = None,
     expected_ids: list[int] | None = None,
 ) -> Verdict:
-    """The promises of DESIGN §4 as read from the rows and the ledger, once quiet.
+    """The promises of reliability.md as read from the rows and the ledger, once quiet.
 
     - no row ``running`` whose worker's lease lapsed more than the reap bound ago;
     - at most one run per task (``max_attempts`` for retrying tasks, or ``runs_allowed``);

@@ -1,5 +1,5 @@
 """A stateful property test: any interleaving of the operations on tasks and schedules
-moves each row only along the state machine of DESIGN §2, against the real database.
+moves each row only along the state machine in docs/reference/schema.md, against the real database.
 
 Claim, finish and reap use the worker's own SQL (django_pq/worker/sql.py) for two
 pretend workers; enqueue, upsert, cancel, retry, pause and resume use the public API.
@@ -21,7 +21,7 @@ from django_pq.worker.config import WorkerConfig
 from tests.faults.conftest import FIGURES, Target
 from tests.testapp import tasks
 
-#: DESIGN §2: pending -> running -> completed | failed | cancelled; running -> pending
+#: The status machine: pending -> running -> completed | failed | cancelled; running -> pending
 #: (retry with backoff, or a parked upsert); failed/cancelled -> pending (a staff retry).
 #: cancel() also finishes a pending task at once (pending -> cancelled).
 ALLOWED = {

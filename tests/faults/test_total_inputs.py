@@ -1,4 +1,4 @@
-"""The worker is total over its inputs: no row and no notification stops it (issue 12).
+"""The worker is total over its inputs: no row and no notification stops it.
 
 Hypothesis generates values for every column of ``pq_tasks``, ``pq_periodic`` and
 ``pq_workers`` (``tests/faults/inputs.py``: NULLs, infinite and far timestamps, NaN and

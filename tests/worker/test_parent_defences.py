@@ -45,7 +45,7 @@ def marker():
             os.kill(pid, 9)
 
 
-# -- issue 12, defect 1: an outcome waiting to be written is not an orphan -----------------
+# -- an outcome waiting to be written is not an orphan -----------------
 
 
 @pytest.mark.parametrize("max_attempts", [1, 3])
