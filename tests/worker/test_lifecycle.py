@@ -30,17 +30,38 @@ def registered(worker) -> Worker:
     return wait_until(lambda: Worker.objects.filter(pid=worker.pid).first(), 30, "registration")
 
 
+#: Heartbeats (which also look for ready work) far beyond the tests' timeouts, so what
+#: wakes the worker in time is the NOTIFY (or the timer it set), never a heartbeat.
+SLOW_HEARTBEAT = {"PQ_HEARTBEAT_INTERVAL": 600, "PQ_LEASE": 1800}
+
+
+def settled(worker) -> None:
+    """Wait until the worker has claimed once (finding nothing) and sits idle: from here on
+    only a wake-up can make it look for work again before its next heartbeat."""
+    registered(worker)
+
+    def idle_after_a_claim() -> bool:
+        with connect_like_django() as admin:
+            row = admin.execute(
+                "SELECT state, query FROM pg_stat_activity WHERE application_name = %s",
+                [f"pq_worker:{worker.pid}"],
+            ).fetchone()
+        return row is not None and row[0] == "idle" and "SKIP LOCKED" in row[1]
+
+    wait_until(idle_after_a_claim, 30, "the worker's first, empty claim")
+
+
 def test_idle_worker_starts_a_new_task_promptly(start_worker):
     # A poll interval far beyond the timeout: only the NOTIFY can wake it in time.
-    worker = start_worker("--poll-interval", "600")
-    registered(worker)
+    worker = start_worker("--poll-interval", "600", settings=SLOW_HEARTBEAT)
+    settled(worker)
     task = pq.enqueue(tasks.add, 2, 2)
     wait_until(lambda: status_of(task) == "completed", 10, "the task to run")
 
 
 def test_future_task_runs_when_due_without_a_poll(start_worker):
-    worker = start_worker("--poll-interval", "600")
-    registered(worker)
+    worker = start_worker("--poll-interval", "600", settings=SLOW_HEARTBEAT)
+    settled(worker)
     import datetime as dt
 
     task = pq.enqueue(tasks.add, 1, 1, run_at=dt.timedelta(seconds=1))
