@@ -105,9 +105,17 @@ def test_hostile_rows_run_nothing_import_nothing_and_the_worker_continues(test_d
                    10, now(), 1, 'pending', 0, '', '', false) RETURNING id"""
     )
     env = {"PQ_SIDE_EFFECT_MARKER": str(side_effect)}
-    plain = fleet.start(test_db, "--burst", "--queue", "default", env=env)
+    # A lease of ordinary length: claiming and forking beside a 50 MB payload can hold the
+    # parent for seconds on a loaded machine, and a lapsed lease is not what this tests.
+    lease = {"PQ_LEASE": 30.0, "PQ_HEARTBEAT_INTERVAL": 2.0}
+    plain = fleet.start(test_db, "--burst", "--queue", "default", settings=lease, env=env)
     pickling = fleet.start(
-        test_db, "--burst", "--queue", "pickle-on", settings={"PQ_PICKLE": True}, env=env
+        test_db,
+        "--burst",
+        "--queue",
+        "pickle-on",
+        settings={"PQ_PICKLE": True, **lease},
+        env=env,
     )
     assert plain.wait(180) == 0, plain.tail()
     assert pickling.wait(180) == 0, pickling.tail()
