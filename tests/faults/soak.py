@@ -25,9 +25,11 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -340,6 +342,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run the soak; 0 when every invariant held, 1 otherwise."""
     options = _arguments(argv)
     repo = Path(__file__).resolve().parents[2]
+    # The workers' logs and markers go into a directory of the soak's own, removed at the
+    # end: a run leaves nothing in the machine's temporary directory.
+    scratch = tempfile.mkdtemp(prefix="pq-soak-")
+    os.chmod(scratch, 0o755)  # the throwaway cluster inside it runs as the postgres user
+    tempfile.tempdir = scratch
+    os.environ["TMPDIR"] = scratch
+    try:
+        return _soak(options, repo)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _soak(options: argparse.Namespace, repo: Path) -> int:
     cluster = None if options.database_url else _throwaway_database()
     url = options.database_url or cluster.url
     env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "tests.settings"}
