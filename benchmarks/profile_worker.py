@@ -46,8 +46,6 @@ TARGETS = [
     ("django_pq.worker.child:resolve", "child: resolve (import the task)"),
     ("django_pq.worker.child:_write_line", "child: write the report"),
 ]
-#: The statement that marks a transaction as recording finished tasks.
-FINISH_STATEMENT = "django_pq.worker.sql:FINISH_STATEMENT"
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "drivers")]
@@ -117,17 +115,18 @@ def timed(label: str, func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def timed_transaction(label: str, func: Callable[..., Any], finish: str) -> Callable[..., Any]:
-    """Time a transaction under ``label``, and as a claim, a finish, or both at once."""
+def timed_transaction(label: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    """Time a transaction under ``label``, and as a claim, a finish, or both at once (read
+    from the statement's name in django_pq.worker.faults.STATEMENTS)."""
 
     @functools.wraps(func)
-    def wrapper(self: Any, statements: list[tuple[str, Any]], *args: Any, **kwargs: Any) -> Any:
-        finishes = any(sql == finish for sql, _ in statements)
-        claims = len(statements) > finishes
+    def wrapper(self: Any, name: str, statements: list[Any], *args: Any, **kwargs: Any) -> Any:
+        finishes = name in {"finish", "finish_claim", "finish_one", "reap"}
+        claims = name in {"claim", "finish_claim"}
         kind = " + ".join(k for k, yes in (("finish", finishes), ("claim", claims)) if yes)
         started = time.perf_counter()
         try:
-            return func(self, statements, *args, **kwargs)
+            return func(self, name, statements, *args, **kwargs)
         finally:
             add(label, started)
             add(f"parent: SQL {kind or 'other'}", started)
@@ -146,10 +145,9 @@ def exit_with_report(code: int) -> None:
 def install() -> None:
     """Wrap every target; stop with the first that is missing, before anything runs."""
     located = [(locate(target), label) for target, label in TARGETS]
-    finish = locate(FINISH_STATEMENT)[2]
     for (owner, name, func), label in located:
         if name == "run_in_transaction":
-            setattr(owner, name, timed_transaction(label, func, finish))
+            setattr(owner, name, timed_transaction(label, func))
         else:
             setattr(owner, name, timed(label, func))
     os._exit = exit_with_report

@@ -140,7 +140,7 @@ def _check_run_at(run_at: Any) -> tuple[datetime | None, timedelta | None]:
             moment: datetime | None = timezone.now() + run_at
         except OverflowError:
             moment = None
-        # By this clock, not the database's: they differ by seconds, the range by millennia.
+        # By this clock, not the database clock (they differ by seconds, the range by millennia).
         check_moment("run_at", moment, run_at)
         return None, run_at
     if not isinstance(run_at, datetime):
