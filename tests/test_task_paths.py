@@ -21,8 +21,8 @@ from tests.worker.conftest import WorkerProcess, run_burst
 
 start_worker = worker_fixtures.start_worker  # the real worker, as in tests/worker/
 
-#: django_tasks (the backport) is a real app installed with pip, in site-packages.
-WITH_A_THIRD_PARTY_APP = [*settings.INSTALLED_APPS, "django_tasks"]
+#: An app installed with pip, in site-packages, on every supported Django.
+WITH_A_THIRD_PARTY_APP = [*settings.INSTALLED_APPS, "django.contrib.humanize"]
 
 #: A process group id no process can have, so kill_group signals nothing when it does run.
 NO_SUCH_GROUP = 2**30
@@ -34,7 +34,7 @@ def hostile_rows() -> dict[str, tuple[str, list[Any]]]:
         "django-pq's process killer": ("django_pq.worker.children:kill_group", [NO_SUCH_GROUP]),
         "django-pq's own helper": ("django_pq.task_paths:allowed_modules", []),
         "the standard library": ("json:dumps", [[1, 2]]),
-        "a pip-installed app": ("django_tasks.utils:get_random_id", []),
+        "a pip-installed app": ("django.contrib.humanize.templatetags.humanize:intcomma", [1000]),
         "a third-party package": ("django.utils.text:slugify", ["Hello World"]),
     }
 
@@ -101,7 +101,7 @@ def test_a_worker_runs_them_when_they_are_named(start_worker: Callable[..., Work
         "django_pq.worker.children",
         "django_pq.task_paths",
         "json",
-        "django_tasks",
+        "django.contrib.humanize",
         "django.utils.text",
     ]
     ran = run_hostile_rows(start_worker, PQ_ALLOWED_MODULES=allowed)
