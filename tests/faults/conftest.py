@@ -482,14 +482,6 @@ def ledger_runs(target: Target, task_id: int) -> list[tuple[str, str | None, int
     )
 
 
-def pid_is_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def registered_worker(target: Target, worker: FaultWorker, timeout: float = 60) -> str:
     rows = wait_until(
         lambda: target.query(

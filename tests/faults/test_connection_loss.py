@@ -106,15 +106,19 @@ def _a_schedule(target: Target) -> list[int]:
     return []
 
 
-def _cancel_a_running_task(target: Target, fleet: Fleet, worker: Any, ids: list[int]) -> None:
-    victim = ids[0]
+def _wait_for_start(target: Target, task_id: int) -> None:
     wait_until(
         lambda: target.query(
-            "SELECT 1 FROM testapp_faultledger WHERE task_id = %s AND event = 'start'", [victim]
+            "SELECT 1 FROM testapp_faultledger WHERE task_id = %s AND event = 'start'", [task_id]
         ),
         60,
         "the victim to start",
     )
+
+
+def _cancel_a_running_task(target: Target, fleet: Fleet, worker: Any, ids: list[int]) -> None:
+    victim = ids[0]
+    _wait_for_start(target, victim)
     target.query(
         """WITH c AS (UPDATE pq_tasks SET is_cancel_requested = true
                       WHERE id = %s AND status = 'running' RETURNING id)
@@ -133,13 +137,7 @@ def _park_an_unusable_version(target: Target, fleet: Fleet, worker: Any, ids: li
     """A version parked on a running row that cannot be applied (no name): the batch
     fails, each outcome is written alone, and the bad version is discarded."""
     victim = ids[0]
-    wait_until(
-        lambda: target.query(
-            "SELECT 1 FROM testapp_faultledger WHERE task_id = %s AND event = 'start'", [victim]
-        ),
-        60,
-        "the victim to start",
-    )
+    _wait_for_start(target, victim)
     target.query("UPDATE pq_tasks SET requeue = '{}'::jsonb WHERE id = %s", [victim])
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 from django.core import signing
 
-from tests.faults.conftest import FIGURES, check_invariants, pid_is_alive
-from tests.worker.conftest import wait_until
+from tests.faults.conftest import FIGURES, check_invariants
+from tests.worker.conftest import pid_alive, wait_until
 
 MARKERS = Path(tempfile.gettempdir())
 
@@ -182,7 +182,7 @@ def test_a_grandchild_of_a_task_that_times_out_dies_with_the_process_group(test_
     task = pq.enqueue(tasks.leave_grandchild, str(marker), 60, max_runtime=1)
     fleet.start(test_db, "--concurrency", "1")
     grandchild = _grandchild_of(marker)
-    wait_until(lambda: not pid_is_alive(grandchild), 30, "the grandchild to be killed")
+    wait_until(lambda: not pid_alive(grandchild), 30, "the grandchild to be killed")
     wait_until(
         lambda: (
             test_db.query("SELECT status, error_code FROM pq_tasks WHERE id = %s", [task.pk])
@@ -204,9 +204,9 @@ def test_a_grandchild_left_behind_by_a_finished_task_is_killed(test_db, fleet):
     grandchild = _grandchild_of(marker)
     wait_until(lambda: task.__class__.objects.get(pk=task.pk).status == "completed", 30)
     try:
-        wait_until(lambda: not pid_is_alive(grandchild), 5, "the grandchild to be killed")
+        wait_until(lambda: not pid_alive(grandchild), 5, "the grandchild to be killed")
     finally:
-        if pid_is_alive(grandchild):
+        if pid_alive(grandchild):
             os.kill(grandchild, 9)
 
 

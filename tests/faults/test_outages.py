@@ -13,12 +13,11 @@ from tests.faults.conftest import (
     REAP_BOUND,
     check_invariants,
     enqueue_ledger_tasks,
-    pid_is_alive,
     registered_worker,
     schedule_ledger,
     wait_until_quiet,
 )
-from tests.worker.conftest import FAST_LIVENESS, wait_until
+from tests.worker.conftest import FAST_LIVENESS, pid_alive, wait_until
 
 LEASE = FAST_LIVENESS["PQ_LEASE"]
 
@@ -68,7 +67,7 @@ def test_postgres_stopped_longer_than_the_lease(private_db, fleet):
     private_db.cluster.stop("fast")
     FIGURES["postgres stopped past the lease"] += 1
     # The workers cannot renew their leases: they kill their tasks before the lease lapses.
-    wait_until(lambda: not any(map(pid_is_alive, children)), LEASE + 10, "children to die")
+    wait_until(lambda: not any(map(pid_alive, children)), LEASE + 10, "children to die")
     died_within = time.monotonic() - stopped
     assert died_within < LEASE + 1.0, died_within
     wait_until(lambda: time.monotonic() - stopped > 2 * LEASE, 3 * LEASE)
@@ -93,7 +92,7 @@ def test_a_worker_frozen_past_its_lease_is_reaped_and_its_late_writes_refused(te
     frozen.send(signal.SIGSTOP)
     FIGURES["workers frozen past the lease"] += 1
     # Its children kill themselves when the shared lease clock runs out (LeaseClock).
-    wait_until(lambda: not any(map(pid_is_alive, children)), LEASE + 10, "children to die")
+    wait_until(lambda: not any(map(pid_alive, children)), LEASE + 10, "children to die")
     fleet.start(test_db, "--concurrency", "2")
     wait_until_quiet(test_db, 60, fleet)
     assert test_db.query("SELECT status, error_code FROM pq_tasks WHERE id = %s", [once]) == [

@@ -18,7 +18,7 @@ from django_pq.worker.loop import ExitCode
 from tests.conftest import connect_like_django
 from tests.testapp import tasks
 from tests.testapp.models import RunLog
-from tests.worker.conftest import REPO, run_burst, wait_until
+from tests.worker.conftest import REPO, pid_alive, run_burst, wait_until
 
 
 def status_of(task: Task) -> str:
@@ -89,7 +89,7 @@ def test_kill_9_of_the_parent_kills_children_and_another_worker_reaps(start_work
     )
     os.kill(victim.pid, signal.SIGKILL)
     for start in starts:
-        wait_until(lambda pid=start.pid: not _alive(pid), 10, "the orphaned child to die")
+        wait_until(lambda pid=start.pid: not pid_alive(pid), 10, "the orphaned child to die")
     # A second worker notices the lapsed lease (3s in tests) and reaps both.
     start_worker("--concurrency", "1", "--queue", "nothing-to-claim")
     wait_until(lambda: status_of(once) == "failed", 20, "the lost task to be reaped")
@@ -98,14 +98,6 @@ def test_kill_9_of_the_parent_kills_children_and_another_worker_reaps(start_work
     wait_until(lambda: status_of(retried) == "pending", 20, "the retryable task to be re-queued")
     retried.refresh_from_db()
     assert retried.attempts == 1 and retried.error_code == "worker_lost"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_sigterm_drains_short_tasks_and_stops_long_ones(start_worker):

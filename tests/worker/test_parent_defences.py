@@ -15,7 +15,7 @@ from django_pq.models import Task, Worker
 from tests.conftest import connect_like_django, constraints_dropped
 from tests.testapp import tasks, worker_tasks
 from tests.testapp.models import RunLog
-from tests.worker.conftest import wait_until
+from tests.worker.conftest import pid_alive, wait_until
 
 
 def finished(task: Task) -> Task | None:
@@ -25,14 +25,6 @@ def finished(task: Task) -> Task | None:
 
 def registered(worker) -> Worker:
     return wait_until(lambda: Worker.objects.filter(pid=worker.pid).first(), 30, "registration")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
