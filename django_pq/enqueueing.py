@@ -1,14 +1,14 @@
 """Putting work on the queue: enqueue, enqueue_many, upsert, cancel, retry.
 
-Each call is one SQL statement on the connection of ``PQ_DATABASE``, so it joins the
-caller's ``transaction.atomic()`` block (or autocommits outside one), and its NOTIFY is part
-of that statement: listeners hear of a task only when the transaction that wrote it commits,
-and a rollback leaves neither row nor notification.
+Each call is validated here (a bad value is refused with :class:`TaskRefused` before any
+SQL runs), then runs one statement of :mod:`django_pq.store.tasks` on the connection of
+``PQ_DATABASE``, so it joins the caller's ``transaction.atomic()`` block (or autocommits
+outside one), and its NOTIFY is part of that statement: listeners hear of a task only when
+the transaction that wrote it commits, and a rollback leaves neither row nor notification.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -17,22 +17,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from django_pq.codec import encode_payload
 from django_pq.conf import pq_settings
 from django_pq.exceptions import DuplicateClientId, TaskRefused
-from django_pq.models import (
-    EARLIEST_MOMENT,
-    LATEST_MOMENT,
-    MAX_INTEGER,
-    VERSION_FIELDS,
-    Priority,
-    Task,
-)
-from django_pq.notify import cancel_requested_sql, notifying, task_ready_sql
+from django_pq.models import Priority, Task
+from django_pq.store import tasks as store
 from django_pq.task_paths import task_path
+from django_pq.timing import EARLIEST_MOMENT, LATEST_MOMENT, MAX_INTEGER
 
 __all__ = ["PreparedTask", "cancel", "enqueue", "enqueue_many", "prepare", "retry", "upsert"]
 
@@ -189,93 +183,16 @@ def prepare(func: Callable[..., Any], *args: Any, **kwargs: Any) -> PreparedTask
     )
 
 
-# Insert from parallel arrays: one statement of constant text however many tasks it writes.
-_ROWS = """
-    SELECT * FROM unnest(
-        %s::text[], %s::text[], %s::jsonb[], %s::smallint[], %s::timestamptz[],
-        %s::interval[], %s::text[], %s::integer[], %s::double precision[]
-    ) WITH ORDINALITY
-    AS r(queue, name, payload, priority, run_at, delay, client_id, max_attempts, max_runtime, n)
-"""
-_ARRAY_COLUMNS = (
-    "queue",
-    "name",
-    "payload",
-    "priority",
-    "run_at",
-    "delay",
-    "client_id",
-    "max_attempts",
-    "max_runtime",
-)
-# The same columns from scalar parameters: one row, as enqueue and upsert write, binds
-# faster than one-element arrays.
-_ONE_ROW = """
-    SELECT %s::text AS queue, %s::text AS name, %s::jsonb AS payload, %s::smallint AS priority,
-        %s::timestamptz AS run_at, %s::interval AS delay, %s::text AS client_id,
-        %s::integer AS max_attempts, %s::double precision AS max_runtime, 1 AS n
-"""
-_INSERT_COLUMNS = """
-    INSERT INTO pq_tasks AS t (
-        queue, name, payload, priority, run_at, client_id, max_attempts, max_runtime,
-        status, attempts, error, error_code, is_cancel_requested
-    )
-    SELECT r.queue, r.name, r.payload, r.priority, COALESCE(r.run_at, now() + r.delay, now()),
-        r.client_id, r.max_attempts, r.max_runtime, 'pending', 0, '', '', false
-    FROM ({rows}) AS r
-    ORDER BY r.n
-"""
-
-
-@functools.cache
-def _with_notify(modifying_sql: str) -> str:
-    columns = ", ".join(f"t.{field.column}" for field in Task._meta.concrete_fields)
-    return notifying(modifying_sql, columns)
-
-
 def _row_params(prepared: PreparedTask) -> list[Any]:
-    """One task's values in ``_ARRAY_COLUMNS`` order, the payload as JSON text."""
-    params = [getattr(prepared, column) for column in _ARRAY_COLUMNS]
-    params[2] = json.dumps(params[2])
+    """One task's values in ``ROW_COLUMNS`` order, the payload as JSON text."""
+    params = [getattr(prepared, column) for column in store.ROW_COLUMNS]
+    params[store.ROW_COLUMNS.index("payload")] = json.dumps(prepared.payload)
     return params
 
 
 def _array_params(prepared: list[PreparedTask]) -> list[Any]:
-    """The same values as one array per column, for ``_ROWS``."""
+    """The same values as one array per column, for ``INSERT_MANY``."""
     return [list(column) for column in zip(*map(_row_params, prepared), strict=True)]
-
-
-@functools.cache
-def _converters(alias: str) -> list[tuple[int, Any, list[Any]]]:
-    """Per returned column (Task's concrete fields, in order): the converters Django's ORM
-    would apply to it, such as decoding JSON. Only columns that have any are listed."""
-    connection = connections[alias]
-    found = []
-    for index, field in enumerate(Task._meta.concrete_fields):
-        column = field.get_col(Task._meta.db_table)
-        converters = connection.ops.get_db_converters(column) + field.get_db_converters(connection)
-        if converters:
-            found.append((index, column, converters))
-    return found
-
-
-def _write(sql: str, params: list[Any]) -> list[Task]:
-    """Run a writing statement that returns whole rows; build the tasks as the ORM would
-    (a raw queryset costs more per call than the statement's round trip)."""
-    alias = pq_settings.DATABASE
-    connection = connections[alias]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, pq_settings.NOTIFY_CHANNEL])
-        rows = cursor.fetchall()
-    names = [field.attname for field in Task._meta.concrete_fields]
-    tasks = []
-    for row in rows:
-        values = list(row)
-        for index, column, converters in _converters(alias):
-            for converter in converters:
-                values[index] = converter(values[index], column, connection)
-        tasks.append(Task.from_db(alias, names, values))
-    return tasks
 
 
 def enqueue_many(prepared: Iterable[PreparedTask], *, skip_duplicates: bool = False) -> list[Task]:
@@ -287,11 +204,10 @@ def enqueue_many(prepared: Iterable[PreparedTask], *, skip_duplicates: bool = Fa
     batch = list(prepared)
     if not batch:
         return []
-    sql = _with_notify(_INSERT_COLUMNS.format(rows=_ROWS) + " ON CONFLICT (client_id) DO NOTHING")
     alias = pq_settings.DATABASE
     # A savepoint, so a refused batch leaves none of its rows in the caller's transaction.
     with transaction.atomic(using=alias):
-        written = _write(sql, _array_params(batch))
+        written = store.write_rows(store.INSERT_MANY, _array_params(batch))
         if len(written) < len(batch) and not skip_duplicates:
             stored = {task.client_id for task in written}
             missing = [p.client_id for p in batch if p.client_id not in stored]
@@ -315,44 +231,11 @@ def enqueue(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Task:
     Inside ``transaction.atomic()`` the task exists only if that transaction commits.
     """
     prepared = prepare(func, *args, **kwargs)
-    sql = _with_notify(
-        _INSERT_COLUMNS.format(rows=_ONE_ROW) + " ON CONFLICT (client_id) DO NOTHING"
-    )
-    written = _write(sql, _row_params(prepared))
+    written = store.write_rows(store.INSERT_ONE, _row_params(prepared))
     if not written:
         # Nothing failed inside the database, so the caller's transaction is still usable.
         raise DuplicateClientId([prepared.client_id or ""])
     return written[0]
-
-
-def _upsert_assignments() -> str:
-    """SET clauses: a running row keeps its version and parks the new one in ``requeue``."""
-    running = "t.status = 'running'"
-    parked = ", ".join(f"'{name}', EXCLUDED.{name}" for name in VERSION_FIELDS)
-    assignments = [f"requeue = CASE WHEN {running} THEN jsonb_build_object({parked}) END"]
-    assignments += [
-        f"{name} = CASE WHEN {running} THEN t.{name} ELSE EXCLUDED.{name} END"
-        for name in VERSION_FIELDS
-    ]
-    fresh_run = {
-        "status": "'pending'",
-        "attempts": "0",
-        "started_at": "NULL",
-        "finished_at": "NULL",
-        "result": "NULL",
-        "error": "''",
-        "error_code": "''",
-        "worker_id": "NULL",
-        "run_token": "NULL",
-        "peak_rss": "NULL",
-        "cpu_seconds": "NULL",
-        "is_cancel_requested": "false",
-    }
-    assignments += [
-        f"{name} = CASE WHEN {running} THEN t.{name} ELSE {value} END"
-        for name, value in fresh_run.items()
-    ]
-    return ",\n".join(assignments)
 
 
 def upsert(func: Callable[..., Any], *args: Any, client_id: str, **kwargs: Any) -> Task:
@@ -364,62 +247,19 @@ def upsert(func: Callable[..., Any], *args: Any, client_id: str, **kwargs: Any) 
     upserts of one ``client_id`` serialize on the row.
     """
     prepared = prepare(func, *args, client_id=client_id, **kwargs)
-    sql = _with_notify(
-        _INSERT_COLUMNS.format(rows=_ONE_ROW)
-        + f" ON CONFLICT (client_id) DO UPDATE SET {_upsert_assignments()}"
-    )
-    return _write(sql, _row_params(prepared))[0]
+    return store.write_rows(store.UPSERT, _row_params(prepared))[0]
 
 
 def _task_id(task: Task | int) -> int:
     return task.pk if isinstance(task, Task) else int(task)
 
 
-def _change(sql: str, task_ids: list[int]) -> list[tuple[int, str]]:
-    """Run one cancel/retry statement over ``task_ids``; return (id, new status) per change."""
-    with connections[pq_settings.DATABASE].cursor() as cursor:
-        cursor.execute(sql, [task_ids, pq_settings.NOTIFY_CHANNEL])
-        return [(task_id, status) for task_id, status, _ in cursor.fetchall()]
-
-
 def _change_one(sql: str, task: Task | int) -> bool:
     task_id = _task_id(task)
-    changed = bool(_change(sql, [task_id]))
+    changed = bool(store.change(sql, [task_id]))
     if not changed and not Task.objects.using(pq_settings.DATABASE).filter(pk=task_id).exists():
         raise Task.DoesNotExist(f"There is no task with id {task_id}.")
     return changed
-
-
-# pending → cancelled at once; running → marked, for its worker to stop (told by NOTIFY).
-_CANCEL = """
-    WITH changed AS (
-        UPDATE pq_tasks SET
-            status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
-            error_code = CASE WHEN status = 'pending' THEN 'cancelled' ELSE error_code END,
-            error = CASE WHEN status = 'pending' THEN 'Cancelled before it started.'
-                    ELSE error END,
-            finished_at = CASE WHEN status = 'pending' THEN now() ELSE finished_at END,
-            is_cancel_requested = (status = 'running'),
-            requeue = NULL
-        WHERE id = ANY(%s) AND status IN ('pending', 'running')
-        RETURNING id, status
-    )
-    SELECT id, status, CASE WHEN status = 'running' THEN pg_notify(%s, {cancel}) END
-    FROM changed
-""".format(cancel=cancel_requested_sql("id"))
-
-# failed/cancelled → pending, due now; idle workers of its queue are woken.
-_RETRY = """
-    WITH changed AS (
-        UPDATE pq_tasks SET
-            status = 'pending', run_at = now(), started_at = NULL, finished_at = NULL,
-            result = NULL, worker_id = NULL, run_token = NULL, is_cancel_requested = false
-        WHERE id = ANY(%s) AND status IN ('failed', 'cancelled')
-        RETURNING id, status, queue
-    )
-    SELECT id, status, pg_notify(%s, {ready})
-    FROM changed
-""".format(ready=task_ready_sql("now()", "queue"))
 
 
 def cancel(task: Task | int) -> bool:
@@ -428,7 +268,7 @@ def cancel(task: Task | int) -> bool:
     A pending task becomes ``cancelled`` at once. A running task is marked, and its worker
     stops it and records ``cancelled``; a version parked on it by ``upsert`` is dropped.
     """
-    return _change_one(_CANCEL, task)
+    return _change_one(store.CANCEL, task)
 
 
 def retry(task: Task | int) -> bool:
@@ -437,7 +277,7 @@ def retry(task: Task | int) -> bool:
     Attempts are kept, so a retried task that had used up ``max_attempts`` gets one more run.
     The last error stays visible until the new run ends.
     """
-    return _change_one(_RETRY, task)
+    return _change_one(store.RETRY, task)
 
 
 def cancel_many(task_ids: list[int]) -> list[tuple[int, str]]:
@@ -446,9 +286,9 @@ def cancel_many(task_ids: list[int]) -> list[tuple[int, str]]:
     Returns (id, status) for each task it changed: ``cancelled`` for one that was pending,
     ``running`` for one whose worker was asked to stop it. Unknown or finished ids are left.
     """
-    return _change(_CANCEL, task_ids)
+    return store.change(store.CANCEL, task_ids)
 
 
 def retry_many(task_ids: list[int]) -> list[int]:
     """:func:`retry` for many tasks in one statement; returns the ids it put back to pending."""
-    return [task_id for task_id, _ in _change(_RETRY, task_ids)]
+    return [task_id for task_id, _ in store.change(store.RETRY, task_ids)]

@@ -16,6 +16,11 @@ from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
+from django_pq.codec import decode_payload, decode_value
+from django_pq.task_paths import task_path
+from django_pq.timing import EARLIEST_MOMENT, LATEST_MOMENT, LONGEST_INTERVAL
+from django_pq.timing import describe as describe_timing
+
 
 class Priority(enum.IntEnum):
     """pq's five named priority levels. Any integer from 0 to 100 is legal."""
@@ -67,19 +72,6 @@ class ErrorCode(models.TextChoices):
     UNKNOWN_TASK = "unknown_task", _("the task's function is not allowed or does not exist")
     BAD_PAYLOAD = "bad_payload", _("the task's arguments could not be decoded")
     CANCELLED = "cancelled", _("the task was cancelled")
-
-
-#: The moments every part of the system can hold in any UTC offset: a Postgres timestamp
-#: (which also admits ``'infinity'``) and a Python datetime (years 1 to 9999). Every
-#: timestamp column is checked against them, and the API refuses moments outside.
-EARLIEST_MOMENT = dt.datetime(1, 1, 2, tzinfo=dt.UTC)
-LATEST_MOMENT = dt.datetime(9999, 12, 30, tzinfo=dt.UTC)
-
-#: The longest schedule interval: longer ones cannot have two slots between those moments.
-LONGEST_INTERVAL = LATEST_MOMENT - EARLIEST_MOMENT
-
-#: The largest value of an ``integer`` column (attempts, max_attempts, max_concurrent).
-MAX_INTEGER = 2**31 - 1
 
 
 def _moment_check(field: str, name: str, *, nullable: bool = False) -> models.CheckConstraint:
@@ -143,8 +135,6 @@ class TaskQuerySet(models.QuerySet["Task"]):
 
     def for_function(self, func_or_name: Any) -> TaskQuerySet:
         """Tasks of one function, given the function itself or its ``module:name`` path."""
-        from django_pq.task_paths import task_path
-
         name = func_or_name if isinstance(func_or_name, str) else task_path(func_or_name)
         return self.filter(name=name)
 
@@ -259,13 +249,9 @@ class Task(models.Model):
 
     def decoded_arguments(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The task's ``(args, kwargs)``, decoded. Pickled values need ``PQ_PICKLE``."""
-        from django_pq.codec import decode_payload
-
         return decode_payload(self.payload)
 
     def decoded_result(self) -> Any:
-        from django_pq.codec import decode_value
-
         return None if self.result is None else decode_value(self.result)
 
 
@@ -362,9 +348,7 @@ class Periodic(models.Model):
     @property
     def description(self) -> str:
         """A person's reading of the timing: "every 5 minutes", "at 09:00 on Monday (UTC)"."""
-        from django_pq.schedules import describe
-
-        return describe(self)
+        return describe_timing(self.run_every, self.cron, self.timezone)
 
     def pause(self) -> None:
         """Stop firing; the row, its history and its runs stay."""

@@ -20,7 +20,7 @@ import importlib
 import importlib.util
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -300,22 +300,20 @@ def _functions_defined_in(module_name: str) -> list[tuple[str, str]]:
     return found
 
 
-def discover_task_functions() -> list[tuple[str, str]]:
+def discover_task_functions(also: Iterable[str] = ()) -> list[tuple[str, str]]:
     """The task functions staff may pick, as ``("module:function", label)`` pairs by path.
 
     Lists the module-level functions (sync and async) defined in the ``tasks`` module of
-    each allowed module (``<app>.tasks``), then adds the functions existing periodic
-    schedules already name, so editing a schedule never loses its task. Importing a
-    ``tasks`` module that exists but fails to import raises: a broken module should be
+    each allowed module (``<app>.tasks``), then adds the paths in ``also`` (the functions
+    existing schedules already name, so editing a schedule never loses its task). Importing
+    a ``tasks`` module that exists but fails to import raises: a broken module should be
     seen, not silently left out of the list.
     """
-    from django_pq.models import Periodic
-
     choices: dict[str, str] = {}
     for module_name in _task_modules():
         if _module_exists(module_name):
             choices.update(_functions_defined_in(module_name))
-    for name in Periodic.objects.order_by("name").values_list("name", flat=True).distinct():
+    for name in also:
         choices.setdefault(name, name)
     return sorted(choices.items())
 

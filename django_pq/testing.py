@@ -40,10 +40,11 @@ from django.db import connections, transaction
 
 from django_pq.conf import pq_settings
 from django_pq.exceptions import PQError
+from django_pq.store import tasks as store
 
 if TYPE_CHECKING:
     from django_pq.models import Task
-    from django_pq.worker.sql import Claimed, Outcome
+    from django_pq.store.worker import Claimed, Outcome
 
 __all__ = [
     "CapturedTasks",
@@ -118,10 +119,7 @@ class CapturedTasks:
 
     def __init__(self, using: str | None = None) -> None:
         self.using = using or pq_settings.DATABASE
-        with connections[self.using].cursor() as cursor:
-            cursor.execute("SELECT coalesce(max(id), 0) FROM pq_tasks")
-            row = cursor.fetchone()
-        self.after_id = int(row[0]) if row else 0
+        self.after_id = store.newest_id(self.using)
 
     @property
     def tasks(self) -> list[EnqueuedTask]:
@@ -229,26 +227,6 @@ class TaskOutcome:
     result: Any = field(default=None)
 
 
-# Claims the best ready task, exactly like the worker's claim but one at a time and, for
-# tests, optionally ignoring run_at (the test's transaction freezes now()).
-_CLAIM = """
-    UPDATE pq_tasks t SET
-        status = 'running', worker_id = %(worker)s, run_token = gen_random_uuid(),
-        attempts = t.attempts + 1, started_at = now(), finished_at = NULL,
-        is_cancel_requested = false
-    WHERE t.id = (
-        SELECT id FROM pq_tasks
-        WHERE status = 'pending' AND (%(include_scheduled)s OR run_at <= now())
-          AND (cardinality(%(queues)s::text[]) = 0 OR queue = ANY(%(queues)s::text[]))
-        ORDER BY priority DESC, run_at, id
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED
-    )
-    RETURNING t.id, t.name, t.payload, t.queue, t.priority, t.attempts, t.max_attempts,
-        t.max_runtime, t.run_token::text, t.client_id, t.periodic_id
-"""
-
-
 def run_pending_tasks(
     *,
     isolation: Isolation = "inline",
@@ -271,7 +249,14 @@ def run_pending_tasks(
     runs did not empty the queue.
     """
     from django_pq.models import Task
-    from django_pq.worker.sql import FINISH_STATEMENT, Claimed, finish_params
+    from django_pq.store.worker import (
+        FINISH_STATEMENT,
+        Claimed,
+        ClaimFilter,
+        claim_params,
+        claim_statement,
+        finish_params,
+    )
 
     alias = using or pq_settings.DATABASE
     connection = connections[alias]
@@ -284,14 +269,13 @@ def run_pending_tasks(
         )
     worker_id = str(uuid.uuid4())
     outcomes: list[TaskOutcome] = []
-    params: dict[str, Any] = {
-        "worker": worker_id,
-        "include_scheduled": include_scheduled,
-        "queues": list(queues),
-    }
+    # The worker's own claim, one task at a time.
+    scope = ClaimFilter(queues=list(queues))
+    claim = claim_statement(scope, include_scheduled=include_scheduled)
+    params = claim_params(scope, worker_id, limit=1)
     while True:
         with connection.cursor() as cursor:
-            cursor.execute(_CLAIM, params)
+            cursor.execute(claim, params)
             row = cursor.fetchone()
         if row is None:
             return outcomes

@@ -14,7 +14,8 @@ from django.test.utils import CaptureQueriesContext, override_settings
 from model_bakery import baker
 
 import django_pq as pq
-from django_pq.models import EARLIEST_MOMENT, LATEST_MOMENT, ErrorCode, Status, Task
+from django_pq.models import ErrorCode, Status, Task
+from django_pq.timing import EARLIEST_MOMENT, LATEST_MOMENT
 from tests.conftest import connect_like_django, received
 from tests.testapp import tasks
 

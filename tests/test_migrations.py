@@ -7,7 +7,7 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
-from django_pq.models import EARLIEST_MOMENT, LATEST_MOMENT, LONGEST_INTERVAL
+from django_pq.timing import EARLIEST_MOMENT, LATEST_MOMENT, LONGEST_INTERVAL
 
 
 @pytest.mark.django_db

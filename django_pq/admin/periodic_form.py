@@ -40,6 +40,13 @@ MAX_INTERVAL = dt.timedelta(days=36525)
 PROOF_RUNS = 5
 
 
+def task_choices() -> list[tuple[str, str]]:
+    """The task functions a schedule may name: those discovered in the allowed apps, and
+    any an existing schedule already names (so editing it never loses its task)."""
+    named = Periodic.objects.order_by("name").values_list("name", flat=True).distinct()
+    return discover_task_functions(also=named)
+
+
 @cache
 def timezone_choices() -> list[tuple[str, str]]:
     """Every IANA time zone this Python knows, sorted, as form choices."""
@@ -174,7 +181,7 @@ class PeriodicForm(PeriodicModelForm):
         super().__init__(*args, **kwargs)
         task = self.fields["task"]
         assert isinstance(task, forms.ChoiceField)
-        task.choices = [("", "---------"), *discover_task_functions()]
+        task.choices = [("", "---------"), *task_choices()]
         # The admin leaves the model's fields out of a read-only page (a declared schedule,
         # or a user with only the view permission): set up only the fields it kept.
         fields = self.fields

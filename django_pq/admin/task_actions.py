@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db import connections
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -19,7 +18,7 @@ from django_pq.admin import history
 from django_pq.conf import pq_settings
 from django_pq.enqueueing import cancel_many, retry_many
 from django_pq.models import FINISHED_STATUSES, Status, Task
-from django_pq.notify import notifying
+from django_pq.store import tasks as store
 
 
 def _tasks(count: int) -> str:
@@ -79,24 +78,13 @@ def cancel_tasks(
     _report(modeladmin, request, done, len(selected) - cancelled - stopping, "already finished")
 
 
-# One statement: move run_at to now for the selected future tasks, and NOTIFY their queues
-# in the same statement, exactly as enqueue does, so idle workers claim them at once.
-_RUN_NOW = notifying(
-    "UPDATE pq_tasks AS t SET run_at = now() "
-    "WHERE t.id = ANY(%s) AND t.status = 'pending' AND t.run_at > now()",
-    "t.id, t.status, t.run_at, t.queue",
-)
-
-
 @admin.action(description="Run selected scheduled tasks now", permissions=["run_now"])
 def run_tasks_now(
     modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Task]
 ) -> None:
     """pending with a future ``run_at`` → ``run_at`` = now."""
     selected = list(queryset.values_list("pk", flat=True))
-    with connections[pq_settings.DATABASE].cursor() as cursor:
-        cursor.execute(_RUN_NOW, [selected, pq_settings.NOTIFY_CHANNEL])
-        moved = [row[0] for row in cursor.fetchall()]
+    moved = store.run_now(selected)
     history.record(request, _changed(moved), "Moved to run now from the admin.")
     done = f"Moved {_tasks(len(moved))} to run now" if moved else ""
     _report(

@@ -30,8 +30,8 @@ from django.db import close_old_connections, connections
 from django_pq import signals
 from django_pq.codec import decode_payload, encode_value
 from django_pq.exceptions import NotATaskFunction, PayloadError
+from django_pq.store.worker import Claimed
 from django_pq.task_paths import _unwrap_task_object, resolve
-from django_pq.worker.sql import Claimed
 
 logger = logging.getLogger("django_pq.worker")
 

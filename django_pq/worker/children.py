@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from django_pq.store.worker import Claimed, Outcome
 from django_pq.worker.child import LeaseClock, run_child
-from django_pq.worker.sql import Claimed, Outcome
 
 # Signals the parent handles itself; blocked around fork() so a child never runs the
 # parent's handlers in the moment before it resets them.

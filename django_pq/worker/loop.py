@@ -33,8 +33,9 @@ from psycopg.types.json import Jsonb
 
 from django_pq import __version__, notify
 from django_pq.conf import pq_settings
+from django_pq.store import worker as sql
+from django_pq.store.worker import Claimed, Outcome
 from django_pq.task_paths import preload_task_modules
-from django_pq.worker import sql
 from django_pq.worker.child import LeaseClock
 from django_pq.worker.children import RunningChild, fork_child, kill_group, verdict
 from django_pq.worker.config import WorkerConfig
@@ -42,7 +43,6 @@ from django_pq.worker.database import Database
 from django_pq.worker.descendants import Descendants, become_subreaper
 from django_pq.worker.faults import crash_point
 from django_pq.worker.firing import fire_due
-from django_pq.worker.sql import Claimed, Outcome
 
 logger = logging.getLogger("django_pq.worker")
 

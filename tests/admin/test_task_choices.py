@@ -8,6 +8,7 @@ import pytest
 from django.test import override_settings
 from model_bakery import baker
 
+from django_pq.admin.periodic_form import task_choices
 from django_pq.models import Periodic
 from django_pq.task_paths import discover_task_functions
 
@@ -45,7 +46,7 @@ def test_functions_named_by_existing_schedules_stay_choosable() -> None:
     baker.make(
         Periodic, name="tests.admin.sample_app.tasks:removed_since", run_every=dt.timedelta(1)
     )
-    choices = dict(discover_task_functions())
+    choices = dict(task_choices())
     assert choices["tests.admin.sample_app.tasks:removed_since"] == (
         "tests.admin.sample_app.tasks:removed_since"
     )

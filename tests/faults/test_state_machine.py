@@ -1,7 +1,7 @@
 """A stateful property test: any interleaving of the operations on tasks and schedules
 moves each row only along the state machine in docs/reference/schema.md, against the real database.
 
-Claim, finish and reap use the worker's own SQL (django_pq/worker/sql.py) for two
+Claim, finish and reap use the worker's own SQL (django_pq/store/worker.py) for two
 pretend workers; enqueue, upsert, cancel, retry, pause and resume use the public API.
 """
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 import django_pq as pq
-from django_pq.worker import sql
+from django_pq.store import worker as sql
 from django_pq.worker.config import WorkerConfig
 from tests.faults.conftest import FIGURES, Target
 from tests.testapp import tasks

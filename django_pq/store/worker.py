@@ -1,4 +1,5 @@
-"""The worker's SQL: claim, finish, heartbeat, reap, prune. Each is one statement.
+"""The worker's statements: claim, finish, heartbeat, reap, orphans, prune. Each is one
+statement, run on the worker's own connection under the name ``faults.STATEMENTS`` gives it.
 
 Every write to a claimed row is fenced by its ``run_token``: a worker that stalled past
 its lease and wakes up finds its token gone and its late write matches no row.
@@ -6,12 +7,34 @@ its lease and wakes up finds its token gone and its late write matches no row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from django_pq.models import ErrorCode
 from django_pq.notify import column_arrays, notifying
-from django_pq.worker.config import WorkerConfig
+
+
+class ClaimScope(Protocol):
+    """Which tasks a claimer may take: a worker's ``--queue``/``--priority`` options
+    (``WorkerConfig``), or the testing helpers' ``ClaimFilter``."""
+
+    @property
+    def queues(self) -> Sequence[str]: ...
+    @property
+    def priorities(self) -> Sequence[int]: ...
+    @property
+    def min_priority(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class ClaimFilter:
+    """A :class:`ClaimScope` of plain values (the testing helpers' claims)."""
+
+    queues: Sequence[str] = ()
+    priorities: Sequence[int] = ()
+    min_priority: int | None = None
+
 
 #: Failures a task with attempts left is retried after. The others would fail again.
 RETRYABLE = [
@@ -49,7 +72,7 @@ _CLAIMED_COLUMNS = (
 )
 
 
-def _claim_filters(config: WorkerConfig) -> list[str]:
+def _claim_filters(config: ClaimScope) -> list[str]:
     filters = []
     if config.queues:
         filters.append("queue = ANY(%(queues)s)")
@@ -60,14 +83,17 @@ def _claim_filters(config: WorkerConfig) -> list[str]:
     return filters
 
 
-def claim_statement(config: WorkerConfig) -> str:
+def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> str:
     """Claim up to ``%(limit)s`` ready tasks for ``%(worker)s``, best first.
 
     ``FOR UPDATE SKIP LOCKED`` lets any number of workers claim at once without waiting on
     each other or taking the same row; the CTE is materialized so the lock-and-limit runs
     exactly once. Worker, token, attempt and ``started_at`` come from the database.
+    ``include_scheduled`` also takes tasks whose ``run_at`` is still ahead (the testing
+    helpers, inside a test transaction where ``now()`` stands still).
     """
-    filters = ["status = 'pending'", "run_at <= now()", *_claim_filters(config)]
+    due = [] if include_scheduled else ["run_at <= now()"]
+    filters = ["status = 'pending'", *due, *_claim_filters(config)]
     return f"""
         WITH claimable AS MATERIALIZED (
             SELECT id FROM pq_tasks
@@ -86,7 +112,7 @@ def claim_statement(config: WorkerConfig) -> str:
     """
 
 
-def claim_params(config: WorkerConfig, worker_id: str, limit: int) -> dict[str, Any]:
+def claim_params(config: ClaimScope, worker_id: str, limit: int) -> dict[str, Any]:
     return {
         "limit": limit,
         "worker": worker_id,
@@ -163,6 +189,8 @@ _FINISH = """
 """
 
 FINISH_STATEMENT = notifying(_FINISH, "t.id, t.status, t.run_at, t.queue")
+"""Record finished runs (:func:`finish_params`), each only if its row is still ``running``
+under the run token it was claimed with, and announce the rows that are ready again."""
 
 
 def finish_params(outcomes: list[Outcome], channel: str) -> list[Any]:
@@ -180,12 +208,12 @@ def finish_params(outcomes: list[Outcome], channel: str) -> list[Any]:
     return [*column_arrays(outcomes, columns), [str(code) for code in RETRYABLE], channel]
 
 
-#: Drop the version parked on a running row (``%s`` id, ``%s`` run token) before its
-#: fallback verdict is written, when applying it failed.
 DISCARD_REQUEUE = """
     UPDATE pq_tasks SET requeue = NULL
     WHERE id = %s AND run_token = %s::uuid AND status = 'running'
 """
+"""Drop the version parked on a running row (``%s`` id, ``%s`` run token) before its
+fallback verdict is written, when applying it failed; fenced by the run token."""
 
 REGISTER = """
     INSERT INTO pq_workers (id, hostname, pid, queues, priorities, min_priority, concurrency,
@@ -195,9 +223,11 @@ REGISTER = """
     ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), stopped_at = NULL,
         lease_expires_at = now() + make_interval(secs => %(lease)s)
 """
+"""Insert this worker's ``pq_workers`` row, or revive it after a lost connection: its
+lease starts now by the database clock."""
 
 
-def heartbeat_statement(config: WorkerConfig) -> str:
+def heartbeat_statement(config: ClaimScope) -> str:
     """Renew the lease, and learn in the same transaction what the worker should do next.
 
     The lease is renewed only while it still holds: a worker whose lease lapsed has been
@@ -240,26 +270,27 @@ def _within_a_day(moment: str) -> str:
     return f"least(greatest({moment}, now()), now() + interval '1 day') - now()"
 
 
-#: Of the running tasks a cancel notification named (``%(ids)s`` with their run tokens
-#: ``%(tokens)s``, held by ``%(worker)s``), those whose rows really ask to be cancelled:
-#: a notification is a hint, this is the authority.
 CANCEL_REQUESTED = """
     SELECT t.id, t.run_token::text
     FROM pq_tasks t JOIN unnest(%(ids)s::bigint[], %(tokens)s::uuid[]) AS m(id, run_token)
         ON t.id = m.id AND t.run_token = m.run_token
     WHERE t.worker_id = %(worker)s AND t.status = 'running' AND t.is_cancel_requested
 """
+"""Of the running tasks a cancel notification named (``%(ids)s`` with their run tokens
+``%(tokens)s``, held by ``%(worker)s``), those whose rows really ask to be cancelled: a
+notification is a hint, this is the authority."""
 
-# Tasks held under this worker's id that it is not running: a claim that committed while
-# the connection died before its reply arrived. Reaped like a dead worker's.
 ORPHANS = """
     SELECT id, run_token::text FROM pq_tasks
     WHERE worker_id = %(worker)s AND status = 'running' AND NOT (id = ANY(%(mine)s))
 """
+"""Tasks held under this worker's id that it neither runs nor has an outcome for
+(``%(mine)s``): a claim that committed while the connection died before its reply
+arrived. Reaped like a dead worker's."""
 
 DEREGISTER = "UPDATE pq_workers SET stopped_at = now() WHERE id = %(id)s"
+"""Mark this worker stopped: the next heartbeat of any worker reaps what it still held."""
 
-# Deletes one small batch of old finished tasks; short transactions, no long locks.
 PRUNE_TASKS = """
     DELETE FROM pq_tasks WHERE id IN (
         SELECT id FROM pq_tasks
@@ -270,9 +301,13 @@ PRUNE_TASKS = """
     )
     RETURNING id
 """
+"""Delete one batch (``%(batch)s``) of tasks finished more than ``%(retention)s`` seconds
+ago; rows another transaction holds are skipped, so no long locks and no waiting."""
 
 PRUNE_WORKERS = """
     DELETE FROM pq_workers w
     WHERE w.lease_expires_at < now() - interval '1 day'
       AND NOT EXISTS (SELECT 1 FROM pq_tasks t WHERE t.worker_id = w.id AND t.status = 'running')
 """
+"""Delete worker rows whose lease lapsed over a day ago and that hold no running task (a
+task's ``worker_id`` keeps pointing at its row until the reaper has finished it)."""
