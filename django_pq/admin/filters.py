@@ -11,34 +11,20 @@ import uuid
 from typing import Any, TypeGuard
 
 from django.contrib import admin
-from django.db import connections
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from django_pq.conf import pq_settings
 from django_pq.models import Periodic, Priority, Task, Worker
+from django_pq.store import tasks as store
 
 #: At most this many task names are listed in the name filter.
 MAX_LISTED_NAMES = 100
 
-# A loose index scan over pq_tasks_name (name, -id): one index probe per distinct name,
-# where SELECT DISTINCT name would read every row.
-_DISTINCT_NAMES = """
-    WITH RECURSIVE names(name) AS (
-        (SELECT name FROM pq_tasks ORDER BY name LIMIT 1)
-        UNION ALL
-        SELECT (SELECT t.name FROM pq_tasks t WHERE t.name > names.name ORDER BY t.name LIMIT 1)
-        FROM names WHERE names.name IS NOT NULL
-    )
-    SELECT name FROM names WHERE name IS NOT NULL LIMIT %s
-"""
-
 
 def distinct_task_names(limit: int = MAX_LISTED_NAMES) -> list[str]:
     """The distinct task names in ``pq_tasks``, in order, read from the name index."""
-    with connections[pq_settings.DATABASE].cursor() as cursor:
-        cursor.execute(_DISTINCT_NAMES, [limit])
-        return [row[0] for row in cursor.fetchall()]
+    return store.distinct_names(limit)
 
 
 def known_queues() -> list[str]:

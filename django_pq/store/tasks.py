@@ -1,5 +1,5 @@
-"""Statements that write ``pq_tasks`` from the application: enqueue, upsert, cancel, retry,
-run now.
+"""Statements on ``pq_tasks`` from the application: enqueue, upsert, cancel, retry, run
+now, and the admin's list of task names.
 
 Each runs as one statement on the Django connection of ``PQ_DATABASE``, so it joins the
 caller's ``transaction.atomic()`` block, and its NOTIFY is part of that statement: workers
@@ -153,6 +153,19 @@ RUN_NOW = notifying(
 """Move the pending tasks ``%s`` whose ``run_at`` is ahead to now, and wake their queues'
 idle workers in the same statement. Returns one row per moved task, its id first."""
 
+DISTINCT_NAMES = """
+    WITH RECURSIVE names(name) AS (
+        (SELECT name FROM pq_tasks ORDER BY name LIMIT 1)
+        UNION ALL
+        SELECT (SELECT t.name FROM pq_tasks t WHERE t.name > names.name ORDER BY t.name LIMIT 1)
+        FROM names WHERE names.name IS NOT NULL
+    )
+    SELECT name FROM names WHERE name IS NOT NULL LIMIT %s
+"""
+"""Up to ``%s`` distinct task names, in order: a loose index scan over ``pq_tasks_name``
+(name, -id), one index probe per distinct name, where ``SELECT DISTINCT name`` would read
+every row."""
+
 NEWEST_ID = "SELECT coalesce(max(id), 0) FROM pq_tasks"
 """The newest task id (0 on an empty table): every task enqueued later has a greater one."""
 
@@ -210,3 +223,10 @@ def newest_id(using: str) -> int:
         cursor.execute(NEWEST_ID)
         row = cursor.fetchone()
     return int(row[0]) if row else 0
+
+
+def distinct_names(limit: int) -> list[str]:
+    """Run :data:`DISTINCT_NAMES`."""
+    with connections[pq_settings.DATABASE].cursor() as cursor:
+        cursor.execute(DISTINCT_NAMES, [limit])
+        return [row[0] for row in cursor.fetchall()]
