@@ -50,6 +50,16 @@ def _module_list(value: Any) -> bool:
     )
 
 
+#: The longest lease a worker may hold, in seconds. A lease further ahead than this is no
+#: lease any worker wrote: the reaper treats its holder as dead (a hand-written lease of
+#: year 9999 must not keep a dead worker's tasks running forever).
+LONGEST_LEASE = 86400.0
+
+
+def _lease(value: Any) -> bool:
+    return _positive_number(value) and value <= LONGEST_LEASE
+
+
 def heartbeat_fits_lease(heartbeat: float, lease: float) -> bool:
     """The one rule for both settings (check E021 and the worker's own config): a worker
     renews its lease at least twice per lease, so one slow heartbeat cannot let it lapse."""
@@ -154,8 +164,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "PQ_LEASE",
         30.0,
-        _positive_number,
-        "a number of seconds > 0",
+        _lease,
+        f"a number of seconds > 0 and at most {LONGEST_LEASE:.0f} (a day)",
         "django_pq.E011",
         "Seconds a worker's heartbeat stays valid. Past it, other workers reap its tasks.",
     ),
@@ -240,6 +250,20 @@ SETTINGS += (
 )
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def default(name: str) -> Any:
+    """The default of the setting ``name`` (``"PQ_LEASE"``)."""
+    return _BY_NAME[name].default
+
+
+def invalid(name: str, value: Any, label: str | None = None) -> str | None:
+    """Why ``value`` is not a valid ``name`` (``"PQ_LEASE"``), or None when it is. The one
+    rule for a setting and for the worker flag that overrides it; ``label`` names the flag."""
+    setting = _BY_NAME[name]
+    if setting.is_valid(value):
+        return None
+    return f"{label or name} must be {setting.expected}; got {value!r}."
 
 
 class PQSettings:

@@ -17,6 +17,7 @@ from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from django_pq.codec import decode_payload, decode_value
+from django_pq.conf import LONGEST_LEASE
 from django_pq.task_paths import task_path
 from django_pq.timing import EARLIEST_MOMENT, LATEST_MOMENT, LONGEST_INTERVAL
 from django_pq.timing import describe as describe_timing
@@ -369,10 +370,20 @@ class Periodic(models.Model):
         return run_now(self)
 
 
+def holds_a_lease() -> Q:
+    """A worker row whose lease holds by the database clock: not stopped, not lapsed, and
+    not further ahead than any worker may lease (``LONGEST_LEASE``): the reaper's rule."""
+    return Q(
+        stopped_at__isnull=True,
+        lease_expires_at__gt=Now(),
+        lease_expires_at__lte=Now() + dt.timedelta(seconds=LONGEST_LEASE),
+    )
+
+
 class WorkerQuerySet(models.QuerySet["Worker"]):
     def alive(self) -> WorkerQuerySet:
-        """Workers whose lease has not lapsed (by the database clock)."""
-        return self.filter(stopped_at__isnull=True, lease_expires_at__gt=Now())
+        """Workers whose lease holds (by the database clock; see :func:`holds_a_lease`)."""
+        return self.filter(holds_a_lease())
 
 
 class Worker(models.Model):

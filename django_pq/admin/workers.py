@@ -24,7 +24,7 @@ from django.utils.safestring import SafeString
 
 from django_pq.admin.bases import WorkerModelAdmin
 from django_pq.admin.params import refuse_nul_characters
-from django_pq.models import Status, Task, Worker
+from django_pq.models import Status, Task, Worker, holds_a_lease
 
 #: Dead workers stay on the page this long after their last heartbeat.
 RECENTLY_DEAD = dt.timedelta(hours=24)
@@ -38,7 +38,7 @@ class AliveFilter(admin.SimpleListFilter):
         return [("yes", "alive"), ("no", "stopped or lost")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Worker]) -> QuerySet[Worker]:
-        alive = Q(stopped_at__isnull=True, lease_expires_at__gt=Now())
+        alive = holds_a_lease()
         if self.value() == "yes":
             return queryset.filter(alive)
         if self.value() == "no":
@@ -103,7 +103,7 @@ class WorkerAdmin(WorkerModelAdmin):
             .get_queryset(request)
             .annotate(
                 is_alive=ExpressionWrapper(
-                    Q(stopped_at__isnull=True, lease_expires_at__gt=Now()),
+                    holds_a_lease(),
                     output_field=BooleanField(),
                 ),
                 running_count=Coalesce(Subquery(running, output_field=IntegerField()), 0),

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from django_pq.conf import LONGEST_LEASE
 from django_pq.models import ErrorCode
 from django_pq.notify import column_arrays, notifying
 
@@ -233,8 +234,9 @@ def heartbeat_statement(config: ClaimScope) -> str:
     The lease is renewed only while it still holds: a worker whose lease lapsed has been
     (or is about to be) reaped, and must not pretend otherwise. The row also carries this
     worker's tasks that someone asked to cancel; up to 500 running tasks of dead workers
-    (lease lapsed, stopped, or never registered: decided by the database clock, so a
-    skewed worker clock cannot reap early); the seconds until the next due schedule and
+    (lease lapsed, stopped, never registered, or leased further ahead than any worker
+    may, ``LONGEST_LEASE``: decided by the database clock, so a skewed worker clock
+    cannot reap early); the seconds until the next due schedule and
     until the next task this worker could claim; and the database's clock.
 
     Total over any timestamp a row may hold: ``run_at``/``next_run`` of ``infinity`` or
@@ -255,7 +257,8 @@ def heartbeat_statement(config: ClaimScope) -> str:
             ARRAY(SELECT ARRAY[t.id::text, t.run_token::text] FROM pq_tasks t
                   LEFT JOIN pq_workers w ON w.id = t.worker_id
                   WHERE t.status = 'running'
-                    AND (w.id IS NULL OR w.lease_expires_at < now() OR w.stopped_at IS NOT NULL)
+                    AND (w.id IS NULL OR w.stopped_at IS NOT NULL OR w.lease_expires_at < now()
+                         OR w.lease_expires_at > now() + interval '{LONGEST_LEASE:.0f} seconds')
                   ORDER BY t.id LIMIT 500),
             (SELECT extract(epoch FROM {_within_a_day("min(next_run)")})
              FROM pq_periodic WHERE active),

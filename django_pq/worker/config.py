@@ -6,12 +6,33 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from django_pq import conf
 from django_pq.conf import heartbeat_fits_lease, pq_settings
 from django_pq.models import Priority
 
 
 class ConfigError(ValueError):
     """A worker option is out of range; the message names the flag and what it accepts."""
+
+
+#: WorkerConfig attributes that a setting supplies (and a flag, where named, overrides):
+#: attribute -> (setting, the flag's name in messages).
+_FROM_SETTINGS: dict[str, tuple[str, str | None]] = {
+    "max_runtime": ("PQ_MAX_RUNTIME", "--max-runtime"),
+    "max_memory_mb": ("PQ_MAX_MEMORY", "--max-memory"),
+    "drain_timeout": ("PQ_DRAIN_TIMEOUT", "--drain-timeout"),
+    "poll_interval": ("PQ_POLL_INTERVAL", "--poll-interval"),
+    "listen": ("PQ_LISTEN", None),
+    "lease": ("PQ_LEASE", None),
+    "heartbeat_interval": ("PQ_HEARTBEAT_INTERVAL", None),
+    "kill_grace": ("PQ_KILL_GRACE", None),
+    "retry_delay": ("PQ_RETRY_DELAY", None),
+    "retry_max_delay": ("PQ_RETRY_MAX_DELAY", None),
+    "retention": ("PQ_RETENTION", None),
+    "error_max_length": ("PQ_ERROR_MAX_LENGTH", None),
+    "database": ("PQ_DATABASE", None),
+    "channel": ("PQ_NOTIFY_CHANNEL", None),
+}
 
 
 def parse_priority(value: str | int, flag: str = "--priority") -> int:
@@ -42,37 +63,36 @@ class WorkerConfig:
     queues: tuple[str, ...] = ()
     priorities: tuple[int, ...] = ()
     min_priority: int | None = None
-    max_runtime: float | None = None
-    max_memory_mb: float | None = None
-    drain_timeout: float = 30.0
-    poll_interval: float = 5.0
+    max_runtime: float | None = conf.default("PQ_MAX_RUNTIME")
+    max_memory_mb: float | None = conf.default("PQ_MAX_MEMORY")
+    drain_timeout: float = conf.default("PQ_DRAIN_TIMEOUT")
+    poll_interval: float = conf.default("PQ_POLL_INTERVAL")
     burst: bool = False
     max_tasks: int | None = None
     tasks_per_child: int = 1
     max_child_memory_mb: float | None = None
-    listen: bool = True
-    lease: float = 30.0
-    heartbeat_interval: float = 10.0
-    kill_grace: float = 5.0
-    retry_delay: float = 1.0
-    retry_max_delay: float = 3600.0
-    retention: float | None = 7 * 24 * 3600.0
-    error_max_length: int = 65536
-    database: str = "default"
-    channel: str = "django_pq"
+    listen: bool = conf.default("PQ_LISTEN")
+    lease: float = conf.default("PQ_LEASE")
+    heartbeat_interval: float = conf.default("PQ_HEARTBEAT_INTERVAL")
+    kill_grace: float = conf.default("PQ_KILL_GRACE")
+    retry_delay: float = conf.default("PQ_RETRY_DELAY")
+    retry_max_delay: float = conf.default("PQ_RETRY_MAX_DELAY")
+    retention: float | None = conf.default("PQ_RETENTION")
+    error_max_length: int = conf.default("PQ_ERROR_MAX_LENGTH")
+    database: str = conf.default("PQ_DATABASE")
+    channel: str = conf.default("PQ_NOTIFY_CHANNEL")
 
     def __post_init__(self) -> None:
         _at_least("--concurrency", self.concurrency, 1)
-        _positive("--max-runtime", self.max_runtime, optional=True)
-        _positive("--max-memory", self.max_memory_mb, optional=True)
-        _at_least("--drain-timeout", self.drain_timeout, 0)
-        _positive("--poll-interval", self.poll_interval)
         if self.max_tasks is not None:
             _at_least("--max-tasks", self.max_tasks, 1)
         _at_least("--tasks-per-child", self.tasks_per_child, 1)
         _positive("--max-child-memory", self.max_child_memory_mb, optional=True)
-        _positive("PQ_LEASE", self.lease)
-        _positive("PQ_HEARTBEAT_INTERVAL", self.heartbeat_interval)
+        # Options that override a setting follow that setting's rule (conf.SETTINGS).
+        for attribute, (setting, flag) in _FROM_SETTINGS.items():
+            problem = conf.invalid(setting, getattr(self, attribute), flag)
+            if problem:
+                raise ConfigError(problem)
         if not heartbeat_fits_lease(self.heartbeat_interval, self.lease):
             raise ConfigError(
                 f"PQ_HEARTBEAT_INTERVAL ({self.heartbeat_interval}s) must be less than half of "
@@ -91,20 +111,8 @@ class WorkerConfig:
     def from_settings(cls, **options: object) -> WorkerConfig:
         """A config from the ``PQ_*`` settings, with the given options (flags) on top."""
         defaults: dict[str, object] = {
-            "max_runtime": pq_settings.MAX_RUNTIME,
-            "max_memory_mb": pq_settings.MAX_MEMORY,
-            "drain_timeout": pq_settings.DRAIN_TIMEOUT,
-            "poll_interval": pq_settings.POLL_INTERVAL,
-            "listen": pq_settings.LISTEN,
-            "lease": pq_settings.LEASE,
-            "heartbeat_interval": pq_settings.HEARTBEAT_INTERVAL,
-            "kill_grace": pq_settings.KILL_GRACE,
-            "retry_delay": pq_settings.RETRY_DELAY,
-            "retry_max_delay": pq_settings.RETRY_MAX_DELAY,
-            "retention": pq_settings.RETENTION,
-            "error_max_length": pq_settings.ERROR_MAX_LENGTH,
-            "database": pq_settings.DATABASE,
-            "channel": pq_settings.NOTIFY_CHANNEL,
+            attribute: getattr(pq_settings, setting.removeprefix("PQ_"))
+            for attribute, (setting, _) in _FROM_SETTINGS.items()
         }
         defaults.update({name: value for name, value in options.items() if value is not None})
         return cls(**defaults)  # type: ignore[arg-type]

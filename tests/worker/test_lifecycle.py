@@ -248,8 +248,11 @@ def test_terminated_connection_is_reestablished(start_worker):
         (["--concurrency", "0"], "--concurrency must be at least 1"),
         (["--priority", "urgent"], "neither a priority name"),
         (["--min-priority", "101"], "outside 0..100"),
-        (["--max-runtime", "-1"], "--max-runtime must be a number greater than 0"),
-        (["--poll-interval", "0"], "--poll-interval must be a number greater than 0"),
+        (
+            ["--max-runtime", "-1"],
+            "--max-runtime must be None or a number of seconds > 0; got -1.0",
+        ),
+        (["--poll-interval", "0"], "--poll-interval must be a number of seconds > 0; got 0.0"),
     ],
 )
 def test_bad_flags_fail_fast_with_a_clear_message(flags, message):

@@ -228,3 +228,26 @@ def test_any_attempt_count_a_row_holds_still_runs_and_retries(start_worker, atte
         assert (spent.status, spent.error_code, spent.attempts) == ("failed", "exception", attempts)
     assert worker.process.poll() is None
     assert "Traceback" not in worker.output()
+
+
+def test_a_lease_no_worker_could_take_does_not_keep_its_tasks_running(start_worker):
+    """A dead worker's row leased until year 9999 (by hand, or a bad clock): its running
+    task is reaped as if the lease had lapsed, and the row does not count as alive."""
+    hostile = Task.objects.create(name="tests.testapp.tasks:add", payload={"args": [1, 1]})
+    with connect_like_django() as admin:
+        ghost = admin.execute(
+            "INSERT INTO pq_workers (id, hostname, pid, queues, priorities, concurrency,"
+            " started_at, heartbeat_at, lease_expires_at, version)"
+            " VALUES (gen_random_uuid(), 'ghost', 1, '[]', '[]', 1, now(), now(),"
+            " '9999-12-01', 'x') RETURNING id"
+        ).fetchone()[0]
+        admin.execute(
+            "UPDATE pq_tasks SET status = 'running', attempts = 1, run_token = gen_random_uuid(),"
+            " worker_id = %s, started_at = now() WHERE id = %s",
+            [ghost, hostile.pk],
+        )
+    assert not Worker.objects.alive().filter(pk=ghost).exists()
+    worker = start_worker("--concurrency", "1")
+    reaped = wait_until(lambda: finished(hostile), 60, "the reaper to finish the task")
+    assert (reaped.status, reaped.error_code) == ("failed", "worker_lost")
+    assert worker.process.poll() is None
