@@ -11,13 +11,13 @@
         [outcome] = run_pending_tasks()
         assert outcome.status == "completed"
 
-Captures read the ``pq_tasks`` rows written since the capture began, so every way of
-enqueueing (``enqueue``, ``enqueue_many``, ``upsert``, ``PQBackend``, schedules) is seen,
-and an enqueue rolled back with its transaction is not. ``run_pending_tasks`` claims and
-runs tasks the way ``pq_worker`` does (same hooks, same outcome rules, retries included),
-in this process (``isolation="inline"``, inside the test's transaction) or in a forked
-child (``isolation="fork"``, which needs committed data: ``TransactionTestCase`` or pytest's
-``transactional_db``).
+Captures read the ``pq_tasks`` rows created while the capture ran, so every way of
+enqueueing (``enqueue``, ``enqueue_many``, ``upsert`` of a new ``client_id``,
+``PQBackend``, schedules) is seen, and an enqueue rolled back with its transaction is
+not. ``run_pending_tasks`` claims and runs tasks the way ``pq_worker`` does (same hooks,
+same outcome rules, retries included), in this process (``isolation="inline"``, inside
+the test's transaction) or in a forked child (``isolation="fork"``, which needs committed
+data: ``TransactionTestCase`` or pytest's ``transactional_db``).
 
 With pytest, ``pytest_plugins = ["django_pq.testing"]`` in a ``conftest.py`` gives the
 ``pq_capture`` fixture. ``PQTestCaseMixin`` offers the same to ``TestCase`` classes.
@@ -111,23 +111,35 @@ def _name_of(func: Callable[..., Any] | str) -> str:
 
 
 class CapturedTasks:
-    """The tasks enqueued on ``PQ_DATABASE`` since this capture began.
+    """The tasks created on ``PQ_DATABASE`` since this capture began (until it ended).
 
-    Read live: ``tasks`` queries again each time, so a capture used after its block still
-    sees what the block enqueued, with its current status.
+    A task is captured when its row was created in that span: its id is newer than the
+    newest one at the start (and, once :meth:`end` is called, not newer than the newest
+    one then). So an ``upsert`` that replaces a task created before the capture began is
+    not captured: it keeps that task's row and id. Read live: ``tasks`` queries again each
+    time, so a capture read after its block still sees what the block enqueued, with its
+    current status.
     """
 
     def __init__(self, using: str | None = None) -> None:
         self.using = using or pq_settings.DATABASE
         self.after_id = store.newest_id(self.using)
+        self.until_id: int | None = None
+
+    def end(self) -> None:
+        """Stop capturing: tasks created from now on are not part of this capture."""
+        if self.until_id is None:
+            self.until_id = store.newest_id(self.using)
 
     @property
     def tasks(self) -> list[EnqueuedTask]:
         """Captured tasks, oldest first."""
         from django_pq.models import Task
 
-        rows = Task.objects.using(self.using).filter(pk__gt=self.after_id).order_by("pk")
-        return [EnqueuedTask.from_row(row) for row in rows]
+        rows = Task.objects.using(self.using).filter(pk__gt=self.after_id)
+        if self.until_id is not None:
+            rows = rows.filter(pk__lte=self.until_id)
+        return [EnqueuedTask.from_row(row) for row in rows.order_by("pk")]
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -210,8 +222,18 @@ def _describe_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def capture_tasks(using: str | None = None) -> Iterator[CapturedTasks]:
-    """Capture the tasks enqueued inside the ``with`` block (readable after it, too)."""
-    yield CapturedTasks(using)
+    """Capture the tasks created inside the ``with`` block, by any way of enqueueing.
+
+    After the block the capture still reads those tasks (with their current status), and
+    no task created later. An enqueue rolled back with its transaction is not captured;
+    an ``upsert`` that replaces a task created before the block is not either (it keeps
+    that task's row: look it up by ``client_id``). See :class:`CapturedTasks`.
+    """
+    captured = CapturedTasks(using)
+    try:
+        yield captured
+    finally:
+        captured.end()
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,9 @@ def test_capture_sees_only_what_the_block_enqueued() -> None:
     enqueue(tasks.noop)
     with capture_tasks() as captured:
         enqueue(tasks.add, 1, b=2, priority=Priority.HIGH, queue="math", client_id="sum")
-    enqueue(tasks.noop)  # after the block: still seen, a capture reads rows live
-    assert [task.name for task in captured] == [
-        "tests.testapp.tasks:add",
-        "tests.testapp.tasks:noop",
-    ]
-    [first, _] = captured.tasks
+    enqueue(tasks.noop)  # after the block: not part of the capture
+    assert [task.name for task in captured] == ["tests.testapp.tasks:add"]
+    [first] = captured.tasks
     assert (first.args, first.kwargs) == ((1,), {"b": 2})
     assert (first.queue, first.priority, first.client_id) == ("math", 75, "sum")
 
@@ -78,6 +75,21 @@ def test_upsert_of_a_new_client_id_is_captured(pq_capture: CapturedTasks) -> Non
     upsert(tasks.add, 1, 2, client_id="sum")
     upsert(tasks.add, 3, 4, client_id="sum")
     assert pq_capture.assert_enqueued(tasks.add, count=1).args == (3, 4)
+
+
+def test_a_capture_read_after_its_block_shows_current_status() -> None:
+    with capture_tasks() as captured:
+        inside = enqueue(tasks.add, 1, 1)
+    run_pending_tasks()
+    assert [task.id for task in captured] == [inside.pk]
+    assert captured.assert_enqueued(tasks.add, 1, 1).status == Status.COMPLETED
+
+
+def test_an_upsert_replacing_a_task_from_before_the_capture_is_not_captured() -> None:
+    upsert(tasks.add, 1, 2, client_id="older")
+    with capture_tasks() as captured:
+        upsert(tasks.add, 3, 4, client_id="older")
+    captured.assert_nothing_enqueued()
 
 
 # -- running inline ----------------------------------------------------------------------
