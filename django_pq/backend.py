@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import re
 import traceback
 from collections.abc import Callable, Iterable
@@ -27,8 +26,15 @@ from django.utils import timezone
 from django_pq.checks import check_database
 from django_pq.codec import encode_payload, encode_value
 from django_pq.conf import pq_settings
-from django_pq.enqueueing import RESERVED_OPTIONS, enqueue, enqueue_many, prepare
-from django_pq.exceptions import NotATaskFunction, PQError, UnserializableArgument
+from django_pq.enqueueing import (
+    RESERVED_OPTIONS,
+    check_max_attempts,
+    check_max_runtime,
+    enqueue,
+    enqueue_many,
+    prepare,
+)
+from django_pq.exceptions import NotATaskFunction, PQError, TaskRefused, UnserializableArgument
 from django_pq.models import ErrorCode, Status
 from django_pq.models import Task as TaskRow
 from django_pq.signals import TaskRun
@@ -213,21 +219,13 @@ class PQBackend(BaseTaskBackend):
         """Django's rules, plus django-pq's options where the task sets them."""
         super().validate_task(task)
         options = _options(task)
-        attempts = options["max_attempts"]
-        if attempts is not None and (
-            isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1
-        ):
-            raise InvalidTask(f"max_attempts must be an integer >= 1 or None; got {attempts!r}.")
-        runtime = options["max_runtime"]
-        if runtime is not None and (
-            isinstance(runtime, bool)
-            or not isinstance(runtime, int | float)
-            or not math.isfinite(runtime)
-            or runtime <= 0
-        ):
-            raise InvalidTask(
-                f"max_runtime must be a positive number of seconds or None; got {runtime!r}."
-            )
+        try:
+            # The same rules as enqueue()'s, raised as django.tasks' own error type.
+            if options["max_attempts"] is not None:
+                check_max_attempts(options["max_attempts"])
+            check_max_runtime(options["max_runtime"])
+        except TaskRefused as refused:
+            raise InvalidTask(str(refused)) from None
 
     def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:  # type: ignore[type-arg]
         """Write the task as a ``pq_tasks`` row on ``PQ_DATABASE``, in the caller's transaction.

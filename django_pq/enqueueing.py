@@ -88,7 +88,8 @@ def check_count(option: str, value: Any, meaning: str) -> int:
     return value
 
 
-def _check_max_attempts(max_attempts: Any) -> int:
+def check_max_attempts(max_attempts: Any) -> int:
+    """The runs a task may have: ``max_attempts``, or ``PQ_MAX_ATTEMPTS`` for None."""
     if max_attempts is None:
         return int(pq_settings.MAX_ATTEMPTS)
     return check_count("max_attempts", max_attempts, "1 runs the task at most once")
@@ -109,7 +110,8 @@ def check_moment(option: str, moment: datetime | None, given: Any) -> None:
         )
 
 
-def _check_max_runtime(max_runtime: Any) -> float | None:
+def check_max_runtime(max_runtime: Any) -> float | None:
+    """Seconds a run may last (a positive finite number or a timedelta), or None."""
     if max_runtime is None:
         return None
     seconds = max_runtime.total_seconds() if isinstance(max_runtime, timedelta) else max_runtime
@@ -178,8 +180,8 @@ def prepare(func: Callable[..., Any], *args: Any, **kwargs: Any) -> PreparedTask
         run_at=run_at,
         delay=delay,
         client_id=None if client_id is None else check_text("client_id", client_id, 255),
-        max_attempts=_check_max_attempts(options.get("max_attempts")),
-        max_runtime=_check_max_runtime(options.get("max_runtime")),
+        max_attempts=check_max_attempts(options.get("max_attempts")),
+        max_runtime=check_max_runtime(options.get("max_runtime")),
     )
 
 

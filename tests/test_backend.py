@@ -232,6 +232,11 @@ def test_bad_pq_options_are_refused_when_the_task_is_defined() -> None:
         pq_task(add.func, max_attempts=0)
     with pytest.raises(Exception, match="max_runtime must be a positive number"):
         pq_task(add.func, max_runtime=-1)
+    # enqueue()'s own rules, so a value the column cannot hold is refused here, not later.
+    with pytest.raises(Exception, match="max_attempts must be an integer >= 1 and <= 2147483647"):
+        pq_task(add.func, max_attempts=2**40)
+    with pytest.raises(Exception, match="max_runtime must be a positive number"):
+        pq_task(add.func, max_runtime=float("inf"))
 
 
 # -- results -----------------------------------------------------------------------------
