@@ -28,6 +28,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.utils import load_backend
 
 from django_pq.conf import SETTINGS, Setting, heartbeat_fits_lease
+from django_pq.task_paths import outside_project
 
 __all__ = [
     "check_allowed_modules_in_project",
@@ -180,8 +181,6 @@ def check_allowed_modules_in_project(
     library hold functions no one means to run that way. Modules are located without
     importing them.
     """
-    from django_pq.task_paths import outside_project
-
     if not _is_valid("PQ_ALLOWED_MODULES"):
         return []  # django_pq.E006 says what is wrong with the value.
     warnings: list[CheckMessage] = []

@@ -107,6 +107,8 @@ class SyncReport:
 
 def sync_schedules(*, prune: bool = False) -> SyncReport:
     """Create or update every declared schedule, keeping pauses; optionally remove the rest."""
+    # Here, not at the top: @periodic runs while tasks modules import, before the app
+    # registry is ready, and django_pq.schedules imports the models.
     from django_pq.schedules import _upsert
 
     report = SyncReport()

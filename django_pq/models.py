@@ -11,15 +11,17 @@ import enum
 import uuid
 from typing import Any
 
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
 from django_pq.codec import decode_payload, decode_value
-from django_pq.conf import LONGEST_LEASE
+from django_pq.conf import LONGEST_LEASE, pq_settings
+from django_pq.exceptions import InvalidSchedule
+from django_pq.store import schedules as store
 from django_pq.task_paths import task_path
-from django_pq.timing import EARLIEST_MOMENT, LATEST_MOMENT, LONGEST_INTERVAL
+from django_pq.timing import EARLIEST_MOMENT, LATEST_MOMENT, LONGEST_INTERVAL, next_slot
 from django_pq.timing import describe as describe_timing
 
 
@@ -351,23 +353,51 @@ class Periodic(models.Model):
         """A person's reading of the timing: "every 5 minutes", "at 09:00 on Monday (UTC)"."""
         return describe_timing(self.run_every, self.cron, self.timezone)
 
+    def first_slot_after(self, now: dt.datetime) -> dt.datetime:
+        """The first slot after ``now``: for a new, retimed or resumed schedule."""
+        return next_slot(
+            run_every=self.run_every, cron=self.cron, timezone=self.timezone, after=now
+        )
+
     def pause(self) -> None:
         """Stop firing; the row, its history and its runs stay."""
-        from django_pq.schedules import set_active
-
-        set_active(self, False)
+        self._set_active(False)
 
     def resume(self) -> None:
-        """Fire again from the next slot after now; missed slots are not made up."""
-        from django_pq.schedules import set_active
+        """Fire again from the next slot after now; missed slots are not made up.
 
-        set_active(self, True)
+        Clears the error a worker stored when it disabled the schedule, and refuses
+        (:class:`InvalidSchedule`) a timing that still has no next slot.
+        """
+        self._set_active(True)
+
+    def _set_active(self, active: bool) -> None:
+        using = pq_settings.DATABASE
+        with transaction.atomic(using=using):
+            now = store.database_now(using)
+            fields = ["active", "updated_at"]
+            if active:
+                try:
+                    next_run = self.first_slot_after(now)
+                except InvalidSchedule as error:
+                    raise InvalidSchedule(
+                        f"Schedule {self} cannot be resumed: {error} Fix its timing "
+                        "(pq.schedule() or its admin page), then resume it."
+                    ) from None
+                self.next_run, self.error = next_run, ""
+                fields += ["next_run", "error"]
+            self.active = active
+            self.updated_at = now
+            self.save(using=using, update_fields=fields)
+            store.notify_schedules_changed(using)
 
     def run_now(self) -> Task | None:
         """Fire one run now, leaving ``next_run``; None if ``max_concurrent`` runs are live."""
-        from django_pq.schedules import run_now
-
-        return run_now(self)
+        task_id = store.run_now(self.pk)
+        if task_id is None:
+            self.refresh_from_db(using=pq_settings.DATABASE)
+            return None
+        return Task.objects.using(pq_settings.DATABASE).get(pk=task_id)
 
 
 def holds_a_lease() -> Q:

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import transaction
 
 from django_pq.conf import pq_settings
+from django_pq.enqueueing import check_no_nul, check_text, prepare
 from django_pq.exceptions import InvalidSchedule
 from django_pq.models import Periodic, Priority, Task
-from django_pq.notify import SCHEDULE_CHANGED_PAYLOAD
-from django_pq.store.schedules import fire_statement
+from django_pq.store.schedules import database_now, notify_schedules_changed
 from django_pq.task_paths import task_path
 from django_pq.timing import (
     MAX_INTEGER,
@@ -50,21 +50,6 @@ __all__ = [
 def describe(periodic: Periodic) -> str:
     """A person's reading of a schedule: "every 5 minutes", "at 09:00 on Monday (Europe/Berlin)"."""
     return periodic.description
-
-
-def _db_now(using: str) -> dt.datetime:
-    with connections[using].cursor() as cursor:
-        cursor.execute("SELECT now()")
-        now: dt.datetime = cursor.fetchone()[0]
-    return now
-
-
-def notify_schedules_changed(using: str) -> None:
-    """Tell workers a schedule changed: they keep a timer for the next due one."""
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_notify(%s, %s)", [pq_settings.NOTIFY_CHANNEL, SCHEDULE_CHANGED_PAYLOAD]
-        )
 
 
 def schedule(
@@ -112,8 +97,6 @@ def schedule(
 
 
 def _validated(options: dict[str, Any]) -> dict[str, Any]:
-    from django_pq.enqueueing import check_no_nul, check_text, prepare
-
     run_every, cron = options["run_every"], options["cron"]
     check_one_of(run_every, cron)
     max_concurrent = options["max_concurrent"]
@@ -172,7 +155,7 @@ def _upsert(
     fields = _validated({"func": func, "args": args, "kwargs": kwargs, **options})
     using = pq_settings.DATABASE
     with transaction.atomic(using=using):
-        now = _db_now(using)
+        now = database_now(using)
         existing = (
             Periodic.objects.using(using)
             .select_for_update()
@@ -187,7 +170,7 @@ def _upsert(
                 is_declared=is_declared,
                 **fields,
             )
-            periodic.next_run = _first_slot_after(periodic, now)
+            periodic.next_run = periodic.first_slot_after(now)
             periodic.save(using=using)
         else:
             periodic = existing
@@ -203,19 +186,12 @@ def _upsert(
             for name in changed:
                 setattr(periodic, name, fields[name])
             if retimed:
-                periodic.next_run = _first_slot_after(periodic, now)
+                periodic.next_run = periodic.first_slot_after(now)
                 changed.append("next_run")
             periodic.updated_at = now
             periodic.save(using=using, update_fields=[*changed, "updated_at"])
         notify_schedules_changed(using)
     return periodic, "updated" if existing is not None else "created"
-
-
-def _first_slot_after(periodic: Periodic, now: dt.datetime) -> dt.datetime:
-    """The schedule's first slot after ``now``: for a new, retimed or resumed schedule."""
-    return next_slot(
-        run_every=periodic.run_every, cron=periodic.cron, timezone=periodic.timezone, after=now
-    )
 
 
 def _lookup(func_or_name: Callable[..., Any] | str, key: str) -> Periodic:
@@ -247,39 +223,6 @@ def resume(func_or_name: Callable[..., Any] | str, key: str = "") -> Periodic:
     return periodic
 
 
-def set_active(periodic: Periodic, active: bool) -> None:
-    """Pause or resume. Resuming clears the error a worker stored when it disabled the
-    schedule, and refuses (:class:`InvalidSchedule`) a timing that still has no next slot."""
-    using = pq_settings.DATABASE
-    with transaction.atomic(using=using):
-        now = _db_now(using)
-        fields = ["active", "updated_at"]
-        if active:
-            try:
-                next_run = _first_slot_after(periodic, now)
-            except InvalidSchedule as error:
-                raise InvalidSchedule(
-                    f"Schedule {periodic} cannot be resumed: {error} Fix its timing "
-                    "(pq.schedule() or its admin page), then resume it."
-                ) from None
-            periodic.next_run, periodic.error = next_run, ""
-            fields += ["next_run", "error"]
-        periodic.active = active
-        periodic.updated_at = now
-        periodic.save(using=using, update_fields=fields)
-        notify_schedules_changed(using)
-
-
 def run_now(periodic: Periodic) -> Task | None:
     """Fire one run now, leaving ``next_run`` alone; None if ``max_concurrent`` runs are live."""
-    using = pq_settings.DATABASE
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            fire_statement(advance=False),
-            [periodic.pk, pq_settings.MAX_ATTEMPTS, pq_settings.NOTIFY_CHANNEL],
-        )
-        row = cursor.fetchone()
-    if row is None or row[0] is None:
-        periodic.refresh_from_db(using=using)
-        return None
-    return Task.objects.using(using).get(pk=row[0])
+    return periodic.run_now()

@@ -7,7 +7,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.contrib import admin
-from django.db import connections
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import URLPattern, path, reverse
@@ -31,6 +30,8 @@ from django_pq.admin.permissions import PAUSE_PERIODIC, RUN_PERIODIC_NOW, has_pq
 from django_pq.conf import pq_settings
 from django_pq.exceptions import InvalidSchedule
 from django_pq.models import Periodic, Status, Task
+from django_pq.store.schedules import database_now, notify_schedules_changed
+from django_pq.timing import validate_cron, validate_timezone
 
 #: Run times shown in the preview.
 PREVIEW_COUNT = 5
@@ -65,13 +66,6 @@ def scheduled_runs(periodic: Periodic, count: int = PREVIEW_COUNT) -> list[dt.da
 
 def _when(moment: dt.datetime) -> str:
     return f"{moment:%a %Y-%m-%d %H:%M %Z}"
-
-
-def _database_now() -> dt.datetime:
-    with connections[pq_settings.DATABASE].cursor() as cursor:
-        cursor.execute("SELECT now()")
-        now: dt.datetime = cursor.fetchone()[0]
-    return now
 
 
 @admin.register(Periodic)
@@ -201,10 +195,8 @@ class PeriodicAdmin(PeriodicModelAdmin):
 
     @admin.display(description="schedule")
     def schedule(self, periodic: Periodic) -> str:
-        from django_pq.schedules import describe
-
         try:
-            return describe(periodic)
+            return periodic.description
         except (ValueError, TypeError):
             # A cron written to the table without validation: show it as it is stored.
             return f"cron {periodic.cron!r} (not valid)"
@@ -257,13 +249,9 @@ class PeriodicAdmin(PeriodicModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Periodic, form: Any, change: bool) -> None:
         """Save, moving ``next_run`` when the timing changed, and wake the workers' timers."""
-        from django_pq.schedules import next_slot, notify_schedules_changed
-
-        now = _database_now()
+        now = database_now(pq_settings.DATABASE)
         if form.is_retimed and obj.active:
-            obj.next_run = next_slot(
-                run_every=obj.run_every, cron=obj.cron, timezone=obj.timezone, after=now
-            )
+            obj.next_run = obj.first_slot_after(now)
         if obj.active:
             obj.error = ""  # saved active again: a worker's old complaint no longer holds
         obj.updated_at = now
@@ -284,8 +272,6 @@ class PeriodicAdmin(PeriodicModelAdmin):
         """The next five run times for the timing in the query string (reads nothing)."""
         if not self.has_view_permission(request):
             return JsonResponse({"error": "permission denied"}, status=403)
-        from django_pq.schedules import validate_cron, validate_timezone
-
         data = request.GET
         try:
             tz = validate_timezone(data.get("timezone") or "UTC")

@@ -26,6 +26,7 @@ from django_pq.conf import pq_settings
 from django_pq.exceptions import InvalidSchedule, PayloadError, UnserializableArgument
 from django_pq.models import Periodic, Priority
 from django_pq.task_paths import discover_task_functions
+from django_pq.timing import next_runs, validate_cron, validate_interval, validate_timezone
 
 INTERVAL = "interval"
 CRON = "cron"
@@ -108,8 +109,6 @@ def checked_runs(
     interval can carry its runs past the last date a timestamp holds: a worker could not
     fire either, so the form refuses them and the preview explains them.
     """
-    from django_pq.schedules import next_runs
-
     try:
         return next_runs(run_every=run_every, cron=cron, timezone=tz, after=after, count=count)
     except CroniterBadDateError:
@@ -228,8 +227,6 @@ class PeriodicForm(PeriodicModelForm):
         return initial
 
     def clean_timezone(self) -> str:
-        from django_pq.schedules import validate_timezone
-
         try:
             return validate_timezone(self.cleaned_data.get("timezone"))
         except InvalidSchedule as error:
@@ -248,8 +245,6 @@ class PeriodicForm(PeriodicModelForm):
         return value
 
     def clean(self) -> dict[str, Any]:
-        from django_pq.schedules import validate_cron, validate_interval
-
         cleaned = super().clean() or {}
         try:
             if cleaned.get("timing") == CRON:

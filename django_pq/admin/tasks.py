@@ -23,6 +23,7 @@ from django_pq.admin.filters import (
     is_number,
 )
 from django_pq.admin.liveness import with_worker_banner
+from django_pq.admin.overview import list_overview_in_app_list, overview_view
 from django_pq.admin.paginator import EstimatedCountPaginator
 from django_pq.admin.params import refuse_nul_characters
 from django_pq.admin.permissions import (
@@ -129,8 +130,6 @@ class TaskAdmin(TaskModelAdmin):
         css = {"all": ["django_pq/admin.css"]}
 
     def __init__(self, model: type[Task], admin_site: admin.AdminSite) -> None:
-        from django_pq.admin.overview import list_overview_in_app_list
-
         super().__init__(model, admin_site)
         list_overview_in_app_list(admin_site)
 
@@ -267,8 +266,6 @@ class TaskAdmin(TaskModelAdmin):
     # -- pages ---------------------------------------------------------------------------
 
     def get_urls(self) -> list[URLPattern]:
-        from django_pq.admin.overview import overview_view
-
         overview = path(
             "overview/",
             self.admin_site.admin_view(overview_view(self)),

@@ -1,4 +1,5 @@
-"""Statements on ``pq_periodic``: the worker's firing of due schedules, and "run now".
+"""Statements on ``pq_periodic``: the worker's firing of due schedules, "run now", and the
+schedules-changed notification.
 
 The unique (periodic, slot) constraint on ``pq_tasks`` makes a second run of one slot
 impossible, however many firers race; SKIP LOCKED makes them split the due rows instead
@@ -7,7 +8,12 @@ of waiting on each other.
 
 from __future__ import annotations
 
-from django_pq.notify import task_ready_sql
+import datetime as dt
+
+from django.db import connections
+
+from django_pq.conf import pq_settings
+from django_pq.notify import SCHEDULE_CHANGED_PAYLOAD, task_ready_sql
 from django_pq.timing import EARLIEST_MOMENT, LATEST_MOMENT, LONGEST_INTERVAL
 
 # The moments and intervals psycopg can load (a datetime, a timedelta); other values come
@@ -107,3 +113,33 @@ def fire_statement(advance: bool) -> str:
         SELECT inserted.id, due.id FROM due LEFT JOIN inserted ON inserted.periodic_id = due.id
         WHERE (SELECT count(*) FROM notified) >= 0 AND (SELECT count(*) FROM advanced) >= 0
     """
+
+
+def database_now(using: str) -> dt.datetime:
+    """The database's clock (``now()``: the start of the current transaction), which every
+    schedule's slots are computed from, whatever the clock of this machine says."""
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT now()")
+        now: dt.datetime = cursor.fetchone()[0]
+    return now
+
+
+def notify_schedules_changed(using: str) -> None:
+    """Tell workers a schedule changed: they keep a timer for the next due one. Sent in the
+    caller's transaction, so they hear of it only once the change commits."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_notify(%s, %s)", [pq_settings.NOTIFY_CHANNEL, SCHEDULE_CHANGED_PAYLOAD]
+        )
+
+
+def run_now(periodic_id: int) -> int | None:
+    """Fire one run of schedule ``periodic_id`` now, leaving its ``next_run`` alone; the new
+    task's id, or None when ``max_concurrent`` runs are live (or there is no such schedule)."""
+    with connections[pq_settings.DATABASE].cursor() as cursor:
+        cursor.execute(
+            fire_statement(advance=False),
+            [periodic_id, pq_settings.MAX_ATTEMPTS, pq_settings.NOTIFY_CHANNEL],
+        )
+        row = cursor.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
