@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from django_pq.models import ErrorCode
+
 
 @dataclass(frozen=True)
 class Report:
@@ -21,7 +23,7 @@ class Report:
 
     status: str  # "completed" | "failed"
     error: str = ""
-    error_code: str = ""  # empty: "exception"
+    error_code: str = ""  # an ErrorCode; empty: "exception"
     result: str | None = None  # the return value as JSON text, when completed
     #: The task's own resource use, measured in the child (a reused child's exit status
     #: sums all its tasks). None: not measured; the parent takes what wait4 reports.
@@ -74,7 +76,8 @@ def _is_integer(value: Any) -> bool:
 _FITS: dict[str, Callable[[Any], bool]] = {
     "status": lambda value: isinstance(value, str),
     "error": lambda value: isinstance(value, str),
-    "error_code": lambda value: isinstance(value, str),
+    # Only codes a row can hold: one it cannot would fail even the fallback write.
+    "error_code": lambda value: value == "" or value in ErrorCode.values,
     "result": lambda value: value is None or isinstance(value, str),
     "cpu_seconds": lambda value: value is None or _is_number(value),
     "peak_rss": lambda value: value is None or _is_integer(value),

@@ -119,6 +119,7 @@ def test_parsing_any_json_never_raises(value):
         b'{"status": "completed", "result": {"a": 1}}',
         b'{"status": "failed", "error": 5}',
         b'{"status": "failed", "error_code": ["exception"]}',
+        b'{"status": "failed", "error_code": "bogus"}',  # no row can hold it
         b'{"status": "completed", "cpu_seconds": "fast"}',
         b'{"status": "completed", "cpu_seconds": true}',
         b'{"status": "completed", "peak_rss": 1.5}',
