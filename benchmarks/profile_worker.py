@@ -42,7 +42,7 @@ TARGETS = [
     ("django_pq.worker.loop:WorkerLoop._heartbeat_if_due", "parent: heartbeat if due"),
     ("django_pq.worker.loop:WorkerLoop._wait", "parent: wait (poll)"),
     ("django_pq.worker.child:_prepare_process", "child: prepare the process"),
-    ("django_pq.worker.child:execute", "child: execute (resolve, decode, hooks, task)"),
+    ("django_pq.worker.child:run_task", "child: run_task (resolve, decode, hooks, task)"),
     ("django_pq.worker.child:resolve", "child: resolve (import the task)"),
     ("django_pq.worker.child:_write_line", "child: write the report"),
 ]

@@ -1,5 +1,5 @@
 """The forked child: runs its task (or, reused, a few in turn), reports each through a pipe
-as one JSON line, and always ``os._exit``s.
+as one :class:`~django_pq.worker.report.Report` line, and always ``os._exit``s.
 
 Nothing the task does (raise, ``sys.exit``, ``KeyboardInterrupt``, crash) can return control
 into the parent's loop, which this process is a copy of.
@@ -11,6 +11,7 @@ import _thread
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import inspect
 import json
 import logging
@@ -32,6 +33,7 @@ from django_pq.codec import decode_payload, encode_value
 from django_pq.exceptions import NotATaskFunction, PayloadError
 from django_pq.store.worker import Claimed
 from django_pq.task_paths import _unwrap_task_object, resolve
+from django_pq.worker.report import Report
 
 logger = logging.getLogger("django_pq.worker")
 
@@ -148,31 +150,31 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def execute(claimed: Claimed, max_memory_mb: float | None = None) -> dict[str, Any]:
+def run_task(claimed: Claimed, max_memory_mb: float | None = None) -> Report:
     """Run the task in this process; return its report (never raises)."""
     try:
         func = resolve(claimed.name)
     except NotATaskFunction as error:
-        return {"status": "failed", "error_code": "unknown_task", "error": str(error)}
+        return Report(status="failed", error_code="unknown_task", error=str(error))
     except BaseException as error:  # the module's top level ran sys.exit(), raised, ...
-        return {
-            "status": "failed",
-            "error_code": "unknown_task",
-            "error": f"Importing the module of {claimed.name} failed:\n{_describe(error)}",
-        }
+        return Report(
+            status="failed",
+            error_code="unknown_task",
+            error=f"Importing the module of {claimed.name} failed:\n{_describe(error)}",
+        )
     try:
         payload = claimed.payload
         if isinstance(payload, str | bytes):
             payload = json.loads(payload)
         args, kwargs = decode_payload(payload)
     except (ValueError, RecursionError) as error:
-        return {
-            "status": "failed",
-            "error_code": "bad_payload",
-            "error": f"The payload is not decodable JSON: {type(error).__name__}: {error}"[:2000],
-        }
+        return Report(
+            status="failed",
+            error_code="bad_payload",
+            error=f"The payload is not decodable JSON: {type(error).__name__}: {error}"[:2000],
+        )
     except PayloadError as error:
-        return {"status": "failed", "error_code": "bad_payload", "error": str(error)}
+        return Report(status="failed", error_code="bad_payload", error=str(error))
     run = signals.TaskRun(
         id=claimed.id,
         name=claimed.name,
@@ -187,7 +189,7 @@ def execute(claimed: Claimed, max_memory_mb: float | None = None) -> dict[str, A
     )
     hook_errors: list[str] = []
     _send_hook(signals.task_started, hook_errors, sender=func, task=run)
-    report: dict[str, Any]
+    report: Report
     result: Any = None
     try:
         if _unwrap_task_object(func) is not func:
@@ -197,34 +199,41 @@ def execute(claimed: Claimed, max_memory_mb: float | None = None) -> dict[str, A
             result = run_django_task(func, run, _call)  # type: ignore[arg-type]
         else:
             result = _call(func, args, kwargs)
-        report = {
-            "status": "completed",
-            "result": json.dumps(encode_value(result, where="the return value")),
-        }
+        report = Report(
+            status="completed",
+            result=json.dumps(encode_value(result, where="the return value")),
+        )
     except BaseException as error:
         if isinstance(error, MemoryError) and max_memory_mb is not None:
-            report = {
-                "status": "failed",
-                "error_code": "memory",
-                "error": (
+            report = Report(
+                status="failed",
+                error_code="memory",
+                error=(
                     f"The task exceeded its memory limit of {max_memory_mb:g} MB "
                     f"(an allocation failed).\n{_describe(error)}"
                 ),
-            }
+            )
         else:
-            report = {"status": "failed", "error_code": "exception", "error": _describe(error)}
+            report = Report(status="failed", error_code="exception", error=_describe(error))
     _send_hook(
         signals.task_finished,
         hook_errors,
         sender=func,
         task=run,
-        status=report["status"],
-        result=result if report["status"] == "completed" else None,
-        error=report.get("error", ""),
+        status=report.status,
+        result=result if report.status == "completed" else None,
+        error=report.error,
     )
     if hook_errors:
-        report["error"] = "\n".join(filter(None, [report.get("error", ""), *hook_errors]))
+        all_errors = "\n".join(filter(None, [report.error, *hook_errors]))
+        report = dataclasses.replace(report, error=all_errors)
     return report
+
+
+def execute(claimed: Claimed, max_memory_mb: float | None = None) -> dict[str, Any]:
+    """:func:`run_task`, its report as the JSON object the pipe carries (for
+    ``django_pq.testing``, which runs tasks inline and judges them as the worker does)."""
+    return run_task(claimed, max_memory_mb).as_json()
 
 
 def _describe(error: BaseException) -> str:
@@ -235,8 +244,8 @@ def _describe(error: BaseException) -> str:
     return "".join(traceback.format_exception(error))
 
 
-def _write_line(fd: int, message: dict[str, Any]) -> None:
-    view = memoryview(json.dumps(message).encode() + b"\n")
+def _write_line(fd: int, report: Report) -> None:
+    view = memoryview(report.encode())
     while view:
         view = view[os.write(fd, view) :]
 
@@ -280,21 +289,23 @@ def run_child(
         for done in range(1, tasks_per_child + 1):
             assert task is not None
             before = resource.getrusage(resource.RUSAGE_SELF)
-            report = execute(task, max_memory_mb)
+            report = run_task(task, max_memory_mb)
             after = resource.getrusage(resource.RUSAGE_SELF)
-            report["cpu_seconds"] = (after.ru_utime + after.ru_stime) - (
-                before.ru_utime + before.ru_stime
-            )
-            report["peak_rss"] = after.ru_maxrss * 1024
             # Decided before reporting, so the parent never hands a task to a leaving child.
             # Past the memory limit it retires early: a fresh fork starts lean again.
-            report["retiring"] = (
+            retiring = (
                 done == tasks_per_child
                 or task_fd is None
                 or (max_child_memory_mb is not None and _resident_mb() > max_child_memory_mb)
             )
+            report = dataclasses.replace(
+                report,
+                cpu_seconds=(after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+                peak_rss=after.ru_maxrss * 1024,
+                retiring=retiring,
+            )
             _write_line(report_fd, report)
-            if report["retiring"] or task_fd is None:
+            if retiring or task_fd is None:
                 break
             close_old_connections()  # as between requests: no broken state carried over
             task = _read_task(task_fd)

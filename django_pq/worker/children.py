@@ -15,6 +15,7 @@ from typing import Any
 
 from django_pq.store.worker import Claimed, Outcome
 from django_pq.worker.child import LeaseClock, run_child
+from django_pq.worker.report import UNREADABLE, Report
 
 # Signals the parent handles itself; blocked around fork() so a child never runs the
 # parent's handlers in the moment before it resets them.
@@ -77,13 +78,17 @@ class RunningChild:
                 return
             self.report += chunk
 
-    def take_report(self) -> dict[str, Any] | None:
-        """The next complete report (one JSON line) the child wrote, if any."""
+    def take_report(self) -> Report | None:
+        """The next complete report (one line) the child wrote, if any.
+
+        A line that is not a report still counts as one, a failed one: the task may have
+        written to the pipe itself, and that must fail the task, not the worker.
+        """
         end = self.report.find(b"\n")
         if end < 0:
             return None
         line, self.report = bytes(self.report[:end]), self.report[end + 1 :]
-        return _parse(bytearray(line)) or {"status": "failed", "error": "Unreadable report."}
+        return Report.parse(line) or UNREADABLE
 
     def assign(self, task: Claimed, max_runtime: float | None) -> bool:
         """Hand a reused child its next task. False if the child is gone."""
@@ -186,56 +191,67 @@ def _signal_name(signum: int) -> str:
 
 
 def judge(
-    child: RunningChild, status: int, usage: Any, error_max_length: int, retry_delay: float
-) -> Outcome:
-    """How a child's current task ended, from what it reported (if anything) and how the
-    process ended (``status`` and ``usage`` from ``wait4``)."""
-    return verdict(child, _parse(child.report), status, usage, error_max_length, retry_delay)
-
-
-def verdict(
     child: RunningChild,
-    report: dict[str, Any] | None,
-    status: int | None,
-    usage: Any,
+    status: int,
+    usage: resource.struct_rusage | None,
     error_max_length: int,
     retry_delay: float,
 ) -> Outcome:
-    """Turn a report, an exit status and the parent's own actions into an Outcome."""
+    """How a child's current task ended, from what it reported (if anything) and how the
+    process ended (``status`` and ``usage`` from ``wait4``)."""
     assert child.task is not None
-    if report is not None and "cpu_seconds" in report:
-        peak_rss, cpu = report.get("peak_rss"), report.get("cpu_seconds")
+    return verdict(
+        child.task,
+        Report.parse(child.report),
+        status,
+        usage,
+        stop_reason=child.stop_reason,
+        stop_message=child.stop_message,
+        error_max_length=error_max_length,
+        retry_delay=retry_delay,
+    )
+
+
+def verdict(
+    task: Claimed,
+    report: Report | None,
+    exit_status: int | None,
+    usage: resource.struct_rusage | None,
+    *,
+    stop_reason: str = "",
+    stop_message: str = "",
+    error_max_length: int,
+    retry_delay: float,
+) -> Outcome:
+    """Turn a task's report, its process's exit status and resource use (from ``wait4``:
+    None while the process lives on) and why the parent stopped it (``stop_reason``, empty
+    if it did not) into an Outcome."""
+    if report is not None and report.cpu_seconds is not None:
+        peak_rss, cpu = report.peak_rss, report.cpu_seconds
     elif usage is not None:
         peak_rss, cpu = int(usage.ru_maxrss) * 1024, float(usage.ru_utime + usage.ru_stime)
     else:
         peak_rss, cpu = None, None
     common: dict[str, Any] = {
-        "task_id": child.task.id,
-        "run_token": child.task.run_token,
+        "task_id": task.id,
+        "run_token": task.run_token,
         "peak_rss": peak_rss,
         "cpu_seconds": cpu,
         "retry_delay": retry_delay,
     }
-    if child.stop_reason == "cancelled" and not (report and report.get("status") == "completed"):
-        return Outcome(
-            status="cancelled", error_code="cancelled", error=child.stop_message, **common
-        )
-    if child.stop_reason and not report:
-        return Outcome(
-            status="failed", error_code=child.stop_reason, error=child.stop_message, **common
-        )
-    if report:
-        error = _bounded(str(report.get("error", "")), error_max_length)
-        if report.get("status") == "completed":
-            return Outcome(status="completed", result=report.get("result"), error=error, **common)
-        code = str(report.get("error_code") or "exception")
-        if child.stop_reason:
-            code, error = (
-                child.stop_reason,
-                _bounded(f"{child.stop_message}\n{error}", error_max_length),
-            )
+    if stop_reason == "cancelled" and not (report is not None and report.status == "completed"):
+        return Outcome(status="cancelled", error_code="cancelled", error=stop_message, **common)
+    if stop_reason and report is None:
+        return Outcome(status="failed", error_code=stop_reason, error=stop_message, **common)
+    if report is not None:
+        error = _bounded(report.error, error_max_length)
+        if report.status == "completed":
+            return Outcome(status="completed", result=report.result, error=error, **common)
+        code = report.error_code or "exception"
+        if stop_reason:
+            code, error = stop_reason, _bounded(f"{stop_message}\n{error}", error_max_length)
         return Outcome(status="failed", error_code=code, error=error, **common)
-    status = 0 if status is None else status
+    status = 0 if exit_status is None else exit_status
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
         message = f"The task's process was killed by {_signal_name(signum)}."
@@ -250,16 +266,6 @@ def verdict(
         "(os._exit, or a crash before it could report).",
         **common,
     )
-
-
-def _parse(report: bytearray) -> dict[str, Any] | None:
-    if not report:
-        return None
-    try:
-        parsed = json.loads(report)
-    except ValueError:
-        return None
-    return parsed if isinstance(parsed, dict) else None
 
 
 def _bounded(text: str, limit: int) -> str:

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import random
+import resource
 import select
 import signal
 import socket
@@ -43,16 +44,16 @@ from django_pq.worker.database import Database
 from django_pq.worker.descendants import Descendants, become_subreaper
 from django_pq.worker.faults import crash_point
 from django_pq.worker.firing import fire_due
+from django_pq.worker.outcome_buffer import OutcomeBuffer
+from django_pq.worker.report import Report
+from django_pq.worker.timers import NEVER, Timers, seconds_until
 
 logger = logging.getLogger("django_pq.worker")
 
-PRUNE_INTERVAL = 300.0
-MEMORY_CHECK_INTERVAL = 0.25
-#: After a failed heartbeat, try again this soon, doubling per failure up to a quarter of
-#: the heartbeat interval: a lost connection must not cost a whole interval of the lease.
-HEARTBEAT_RETRY = 0.05
 CHORES_PAUSE = 1.0
 SHUTDOWN_FLUSH_TIMEOUT = 10.0
+#: While the database is away or outcomes wait to be written, look again this soon.
+RETRY_SOON = 0.2
 
 
 class ExitCode(enum.IntEnum):
@@ -71,34 +72,24 @@ class WorkerLoop:
         self.config = config
         self.id = str(uuid.uuid4())
         self.children: dict[int, RunningChild] = {}
-        self.unwritten: list[Outcome] = []
         self.lease = LeaseClock()
         self.db = Database(
             config.database, config.channel, config.listen, self._on_notify, self._on_reconnect
         )
+        self.unwritten = OutcomeBuffer(self.db, config.channel)
+        self.timers = Timers.start(time.monotonic(), config.heartbeat_interval)
         self.started_tasks = 0
         self.signals_received = 0
-        self.drain_deadline: float | None = None
+        self.draining = False
         self.killed_at_shutdown = False
         self.registered = False
         self.should_claim = True
         self.claim_came_back_short = False
-        now = time.monotonic()
-        self.next_poll = now
-        self.next_run_at: float | None = None
-        self.next_heartbeat = now
         self.check_orphans = False
-        self.heartbeat_failures = 0
-        self.chores_resume_at = 0.0  # after a refused statement, the chores pause until then
         self.cancel_hints: set[int] = set()  # task ids a notification named; not yet confirmed
         self.descendants = Descendants()
-        self.next_descendant_scan = now
         self.logged_done = False
         self.clock_offset = 0.0  # database clock minus ours, from the last heartbeat
-        self.next_prune = now
-        self.next_memory_check = now
-        self.next_fire = now
-        self.lease_deadline = float("inf")
         self._wakeup_read, self._wakeup_write = os.pipe()
 
     # -- signals -----------------------------------------------------------------------
@@ -123,15 +114,15 @@ class WorkerLoop:
         now = time.monotonic()
         self.check_orphans = True
         self.should_claim = True
-        self.next_fire = now
-        self.next_heartbeat = now
+        self.timers.fire.set(now)
+        self.timers.heartbeat.set(now)
 
     def _on_notify(self, payload: str) -> None:
         # A hint, never an authority (see django_pq.notify): each message only makes the
         # worker ask the database sooner.
         message = notify.parse(payload)
         if isinstance(message, notify.ScheduleChanged):
-            self.next_fire = time.monotonic()
+            self.timers.fire.set(time.monotonic())
         elif isinstance(message, notify.CancelRequested):
             if any(task.id == message.task_id for task in self._running_tasks()):
                 self.cancel_hints.add(message.task_id)
@@ -142,7 +133,7 @@ class WorkerLoop:
                 # the claim after the timer asks the database, which decides). A far-off
                 # epoch moves nothing: the heartbeat reports the next task anyway.
                 when = time.monotonic() + min(delay, self.config.heartbeat_interval)
-                self.next_run_at = when if self.next_run_at is None else min(self.next_run_at, when)
+                self.timers.next_task.bring_forward(when)
             else:
                 self.should_claim = True
 
@@ -211,7 +202,7 @@ class WorkerLoop:
             self._release_idle_children()
             if not self.children:
                 return False
-        if now >= self.chores_resume_at:
+        if self.timers.chores_resume.due(now):
             try:
                 self._database_chores(now)
             except psycopg.Error:
@@ -220,7 +211,7 @@ class WorkerLoop:
                 # refusal cannot spin the loop, and carry on, so no row stops the worker.
                 # A lost connection never gets here.
                 logger.exception("A database statement failed; the worker carries on")
-                self.chores_resume_at = now + CHORES_PAUSE
+                self.timers.chores_resume.set(now + CHORES_PAUSE)
         if not self._busy() and not self.signals_received and self._is_done():
             self._release_idle_children()
             if not self.children:
@@ -280,7 +271,7 @@ class WorkerLoop:
 
     def _renewed(self, sent: float) -> None:
         # The database stamped the lease no earlier than `sent`, so this deadline is safe.
-        self.lease_deadline = sent + self.config.lease - self.config.lease_margin
+        self.timers.lease.set(sent + self.config.lease - self.config.lease_margin)
         self.lease.set(sent + self.config.lease - self.config.lease_margin / 2)
 
     def _finish_up(self) -> None:
@@ -306,14 +297,15 @@ class WorkerLoop:
         logger.info("Worker %s stopped", self.id, extra={"worker_id": self.id})
 
     def _shut_down(self, now: float) -> None:
-        if self.drain_deadline is None:
-            self.drain_deadline = now + self.config.drain_timeout
+        if not self.draining:
+            self.draining = True
+            self.timers.drain.set(now + self.config.drain_timeout)
             logger.info(
                 "Stopping: no new tasks; draining %d running for up to %ss",
                 len(self._busy()),
                 self.config.drain_timeout,
             )
-        if self.signals_received >= 2 or now >= self.drain_deadline:
+        if self.signals_received >= 2 or self.timers.drain.due(now):
             grace = 0.0 if self.signals_received >= 2 else self.config.kill_grace
             for child in self._busy():
                 if not child.stop_reason:
@@ -331,9 +323,9 @@ class WorkerLoop:
         """How many tasks to claim now: the free slots, if a claim is due at all."""
         if self.signals_received:
             return 0
-        due = self.should_claim or (not self.config.listen and now >= self.next_poll)
-        if self.next_run_at is not None and now >= self.next_run_at:
-            due, self.next_run_at = True, None
+        due = self.should_claim or (not self.config.listen and self.timers.poll.due(now))
+        if self.timers.next_task.take(now):
+            due = True
         free = self.config.concurrency - len(self._busy())
         if self.config.max_tasks is not None:
             free = min(free, self.config.max_tasks - self.started_tasks)
@@ -342,12 +334,12 @@ class WorkerLoop:
     def _write_and_claim(self, now: float, claim: bool = True) -> None:
         """Record finished runs and claim new ones in one transaction (one commit)."""
         limit = self._claim_limit(now) if claim else 0
-        batch, self.unwritten = self.unwritten, []
+        batch = self.unwritten.take()
         if not batch and not limit:
             return
         statements: list[tuple[str, Any]] = []
         if batch:
-            statements.append((sql.FINISH_STATEMENT, sql.finish_params(batch, self.config.channel)))
+            statements.append(self.unwritten.finish_statement(batch))
         if limit:
             claim_sql = sql.claim_statement(self.config)
             statements.append((claim_sql, sql.claim_params(self.config, self.id, limit)))
@@ -359,16 +351,16 @@ class WorkerLoop:
         except psycopg.Error:
             # Something in the batch is unstorable; write it piece by piece, claim next turn.
             logger.exception("Could not record %d outcomes together", len(batch))
-            self._write_one_by_one(batch)
+            self.unwritten.write_one_by_one(batch)
             return
         if results is None:  # the database is away: keep the outcomes, claim later
-            self.unwritten = batch + self.unwritten
+            self.unwritten.keep(batch)
             return
         if batch:
-            self._check_written(batch, results[0])
+            self.unwritten.confirm(batch, results[0])
         if limit:
             self.should_claim = False
-            self.next_poll = now + self.config.poll_interval
+            self.timers.poll.set(now + self.config.poll_interval)
             if results[-1]:
                 crash_point("after_claim")
             claimed = sorted(
@@ -416,8 +408,8 @@ class WorkerLoop:
     def _collect_children(self) -> None:
         ended = self._collect_reports_and_exits()
         now = time.monotonic()
-        if ended or now >= self.next_descendant_scan:
-            self.next_descendant_scan = now + MEMORY_CHECK_INTERVAL
+        if ended or self.timers.descendant_scan.due(now):
+            self.timers.descendant_scan.restart(now)
             runs = {pid: c.task.run_token for pid, c in self.children.items() if c.task}
             self.descendants.observe(runs, self.children)
             self.descendants.kill_finished(set(runs.values()))
@@ -433,7 +425,7 @@ class WorkerLoop:
                 self._record(running, report, None, None)
                 running.task, running.deadline = None, None
                 running.tasks_done += 1
-                if report.get("retiring", True):
+                if report.retiring:
                     running.release()
                 self.should_claim = ended = True
         while True:
@@ -460,11 +452,23 @@ class WorkerLoop:
             self.should_claim = True
 
     def _record(
-        self, child: RunningChild, report: dict[str, Any] | None, status: int | None, usage: Any
+        self,
+        child: RunningChild,
+        report: Report | None,
+        status: int | None,
+        usage: resource.struct_rusage | None,
     ) -> None:
         assert child.task is not None
-        delay = self._retry_delay(child.task.attempts)
-        outcome = verdict(child, report, status, usage, self.config.error_max_length, delay)
+        outcome = verdict(
+            child.task,
+            report,
+            status,
+            usage,
+            stop_reason=child.stop_reason,
+            stop_message=child.stop_message,
+            error_max_length=self.config.error_max_length,
+            retry_delay=self._retry_delay(child.task.attempts),
+        )
         duration = time.monotonic() - child.started
         extra = _task_extra(
             child.task,
@@ -483,7 +487,7 @@ class WorkerLoop:
                 duration,
                 extra=extra,
             )
-        self.unwritten.append(outcome)
+        self.unwritten.add(outcome)
 
     def _retry_delay(self, attempt: int) -> float:
         """Exponential backoff with jitter: base * 2^(attempt-1), capped, half of it random."""
@@ -493,10 +497,8 @@ class WorkerLoop:
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def _enforce_limits(self, now: float) -> None:
-        check_memory = self.config.max_memory_mb is not None and now >= self.next_memory_check
-        if check_memory:
-            self.next_memory_check = now + MEMORY_CHECK_INTERVAL
-        lease_lapsing = now >= self.lease_deadline
+        check_memory = self.config.max_memory_mb is not None and self.timers.memory_check.tick(now)
+        lease_lapsing = self.timers.lease.due(now)
         for child in self.children.values():
             child.escalate(now)
             if child.stop_reason or child.task is None:
@@ -529,7 +531,7 @@ class WorkerLoop:
     # -- database chores ---------------------------------------------------------------
 
     def _heartbeat_if_due(self, now: float) -> None:
-        if now < self.next_heartbeat:
+        if not self.timers.heartbeat.due(now):
             return
         params = {
             "id": self.id,
@@ -538,21 +540,16 @@ class WorkerLoop:
         }
         rows = self.db.execute("heartbeat", sql.heartbeat_statement(self.config), params)
         if not rows:
-            # Try again soon: waiting a whole interval would spend the lease for nothing.
-            self.heartbeat_failures += 1
-            retry = HEARTBEAT_RETRY * 2 ** min(self.heartbeat_failures, 10)
-            self.next_heartbeat = now + min(retry, self.config.heartbeat_interval / 4)
+            self.timers.heartbeat.failed(now)
             return
-        self.heartbeat_failures = 0
-        self.next_heartbeat = now + self.config.heartbeat_interval
+        self.timers.heartbeat.succeeded(now)
         renewed, cancels, lost, to_schedule, to_task, db_epoch = rows[0]
         self.clock_offset = float(db_epoch) - time.time()
         if to_schedule is not None:
-            self.next_fire = min(self.next_fire, now + max(float(to_schedule), 0.0))
+            self.timers.fire.bring_forward(now + max(float(to_schedule), 0.0))
         if to_task is not None:
             # The safety net under NOTIFY: ready work is claimed, future work gets a timer.
-            when = now + max(float(to_task), 0.0)
-            self.next_run_at = when if self.next_run_at is None else min(self.next_run_at, when)
+            self.timers.next_task.bring_forward(now + max(float(to_task), 0.0))
         if lost and not self.signals_received:
             self._reap([(int(task_id), token) for task_id, token in lost])
         if renewed:
@@ -569,57 +566,11 @@ class WorkerLoop:
         for task_id, token in cancels or []:
             self._cancel(int(task_id), token)
 
-    def _check_written(self, batch: list[Outcome], rows: list[tuple[Any, ...]]) -> None:
-        written = {row[0] for row in rows}
-        for outcome in batch:
-            if outcome.task_id not in written:
-                logger.warning(
-                    "Outcome of task %s was refused: its run token is no longer current "
-                    "(reaped or cancelled meanwhile)",
-                    outcome.task_id,
-                    extra={"task_id": outcome.task_id},
-                )
-
-    def _write_one_by_one(self, batch: list[Outcome]) -> None:
-        for position, outcome in enumerate(batch):
-            try:
-                rows = self.db.execute(
-                    "finish_one",
-                    sql.FINISH_STATEMENT,
-                    sql.finish_params([outcome], self.config.channel),
-                )
-            except psycopg.Error as error:
-                # The outcome itself is unstorable (say, a result Postgres rejects): keep
-                # the verdict, drop what cannot be stored.
-                fallback = Outcome(
-                    task_id=outcome.task_id,
-                    run_token=outcome.run_token,
-                    status="failed",
-                    # A failure keeps its cause; a result that cannot be stored is one.
-                    error_code=outcome.error_code if outcome.status == "failed" else "exception",
-                    error=f"The task's outcome could not be stored: {error}",
-                )
-                # A version parked on the row that cannot be applied (a hostile requeue)
-                # fails the same way: it is discarded, so the verdict always lands.
-                results = self.db.run_in_transaction(
-                    "finish_one",
-                    [
-                        (sql.DISCARD_REQUEUE, [outcome.task_id, outcome.run_token]),
-                        (sql.FINISH_STATEMENT, sql.finish_params([fallback], self.config.channel)),
-                    ],
-                )
-                rows = None if results is None else results[-1]
-            if rows is None:
-                self.unwritten = batch[position:] + self.unwritten
-                return
-            self._check_written([outcome], rows)
-
     def _recover_orphans(self) -> None:
         """Finish tasks claimed under our id whose claim reply never reached us."""
         # Ours too: the tasks whose outcome waits to be written. Reaping those would run a
         # finished task again, or lose its result.
-        mine = [task.id for task in self._running_tasks()]
-        mine += [outcome.task_id for outcome in self.unwritten]
+        mine = [task.id for task in self._running_tasks()] + self.unwritten.task_ids()
         rows = self.db.execute("orphans", sql.ORPHANS, {"worker": self.id, "mine": mine})
         if rows is None:
             return
@@ -650,17 +601,15 @@ class WorkerLoop:
             ", ".join(str(task_id) for task_id, _ in lost),
         )
         try:
-            self.db.execute(
-                "reap", sql.FINISH_STATEMENT, sql.finish_params(outcomes, self.config.channel)
-            )
+            self.db.execute("reap", *self.unwritten.finish_statement(outcomes))
         except psycopg.Error:
             # One of the rows cannot take the verdict as it is (say, a hostile parked
             # version): write them one by one, so each lands or fails alone.
             logger.exception("Could not reap %d tasks together", len(outcomes))
-            self._write_one_by_one(outcomes)
+            self.unwritten.write_one_by_one(outcomes)
 
     def _fire_if_due(self, now: float) -> None:
-        if now < self.next_fire or not self.db.is_connected:
+        if not self.timers.fire.due(now) or not self.db.is_connected:
             return
         fired: list[float | None] = []
         with self.db.transaction("fire") as conn:
@@ -670,12 +619,11 @@ class WorkerLoop:
             return
         seconds = fired[0]
         # Without a due schedule, the heartbeat (or a schedule-changed message) sets the timer.
-        self.next_fire = float("inf") if seconds is None else time.monotonic() + max(seconds, 0.01)
+        self.timers.fire.set(NEVER if seconds is None else time.monotonic() + max(seconds, 0.01))
 
     def _prune_if_due(self, now: float) -> None:
-        if now < self.next_prune or self.config.retention is None:
+        if self.config.retention is None or not self.timers.prune.tick(now):
             return
-        self.next_prune = now + PRUNE_INTERVAL
         batch, deadline = 500, now + 1.0
         while time.monotonic() < deadline:
             deleted = self.db.execute(
@@ -690,28 +638,24 @@ class WorkerLoop:
     # -- waiting -----------------------------------------------------------------------
 
     def _timeout(self, now: float) -> float:
-        busy = self._busy()
-        moments: list[float] = []
+        busy, timers = self._busy(), self.timers
+        moments = [timers.drain.at]
         if busy:  # the children are watched whatever else waits
-            moments.append(self.lease_deadline)
+            moments.append(timers.lease.at)
             if self.config.max_memory_mb is not None:
-                moments.append(self.next_memory_check)
+                moments.append(timers.memory_check.at)
             for child in self.children.values():
                 moments += [m for m in (child.deadline, child.kill_at) if m is not None]
-        if self.drain_deadline is not None:
-            moments.append(self.drain_deadline)
-        if now < self.chores_resume_at:  # the database chores pause after a refusal
-            return max(0.0, min([self.chores_resume_at, *moments]) - now)
+        if not timers.chores_resume.due(now):  # the database chores pause after a refusal
+            return seconds_until(now, timers.chores_resume.at, *moments)
         if self.should_claim and len(busy) < self.config.concurrency and self.registered:
             return 0.0
-        moments += [self.next_heartbeat, self.next_fire]
+        moments += [timers.heartbeat.at, timers.fire.at, timers.next_task.at]
         if not self.config.listen:
-            moments.append(self.next_poll)
-        if self.next_run_at is not None:
-            moments.append(self.next_run_at)
+            moments.append(timers.poll.at)
         if not self.db.is_connected or self.unwritten:
-            moments.append(now + 0.2)
-        return max(0.0, min(moments) - now)
+            moments.append(now + RETRY_SOON)
+        return seconds_until(now, *moments)
 
     def _wait(self, timeout: float) -> None:
         poller = select.poll()
