@@ -12,8 +12,9 @@ import pytest
 import django_pq as pq
 from django_pq.conf import pq_settings
 from django_pq.models import Task
+from django_pq.store import worker as sql
 from django_pq.store.worker import Claimed, Outcome
-from django_pq.worker import faults, sql
+from django_pq.worker import faults
 from django_pq.worker.config import WorkerConfig
 from django_pq.worker.database import Database
 from django_pq.worker.outcome_buffer import OutcomeBuffer
