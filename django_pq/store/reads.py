@@ -111,37 +111,41 @@ DISABLED_SCHEDULES = """
 At most ``schedule_limit``. A schedule paused by a person has no error and is not listed.
 """
 
-FINISHED_RUNS = """
-    SELECT queue, name, status, duration,
-           (SELECT count(*) FROM unnest(%(buckets)s::float8[]) AS le WHERE le < duration)
-               AS bucket
-    FROM (
-        SELECT queue, name, status, extract(epoch FROM finished_at - started_at) AS duration
-        FROM pq_tasks
-        WHERE status IN ('completed', 'failed', 'cancelled')
-          AND finished_at > now() - make_interval(secs => %(window)s)
-    ) AS runs
-"""
-"""The runs that finished in the last ``window`` seconds (a range of ``pq_tasks_finished``).
-
-``bucket`` is how many of ``buckets`` lie below the run time: the first histogram bucket
-(``le``, inclusive) the run falls in. A run that never started (a cancelled pending task)
-has no duration. Read once, as the common table of :data:`FINISHED` and :data:`OUTCOMES`.
-"""
-
 FINISHED = """
-    SELECT name, status, bucket, count(*) AS count, count(duration) AS timed,
+    SELECT queue, name, status, bucket, count(*) AS count, count(duration) AS timed,
            coalesce(sum(duration), 0) AS seconds
-    FROM finished_runs
-    GROUP BY name, status, bucket ORDER BY name, status, bucket
+    FROM (
+        SELECT queue, name, status, duration,
+               CASE WHEN cardinality(%(negated_buckets)s::float8[]) = 0 THEN 0
+                    ELSE cardinality(%(negated_buckets)s::float8[])
+                         - width_bucket(-duration, %(negated_buckets)s::float8[])
+               END AS bucket
+        FROM (
+            SELECT queue, name, status,
+                   extract(epoch FROM finished_at - started_at) AS duration
+            FROM pq_tasks
+            WHERE status IN ('completed', 'failed', 'cancelled')
+              AND finished_at > now() - make_interval(secs => %(window)s)
+        ) AS runs
+        -- A fence: grouped through it, the buckets count as a few values, not one per
+        -- finished_at, so the planner hashes the groups instead of sorting the window.
+        OFFSET 0
+    ) AS runs
+    GROUP BY GROUPING SETS ((name, status, bucket), (queue, status))
+    ORDER BY name, status, bucket, queue
 """
-"""The window's runs by function, status and histogram bucket, with their total run time."""
+"""The runs that finished in the last ``window`` seconds, in one range of ``pq_tasks_finished``.
 
-OUTCOMES = """
-    SELECT queue, status, count(*) AS count
-    FROM finished_runs GROUP BY queue, status ORDER BY queue, status
+Grouped two ways in the one pass: by function, status and histogram bucket (``queue``
+null), with the run times' count and sum; and by queue and status (``name`` null). A run
+that never started (a cancelled pending task) has no run time and no bucket.
+
+``bucket`` is the index of the first histogram bound at or above the run time (Prometheus'
+``le`` is inclusive): the number of bounds below it. ``width_bucket`` counts the bounds at
+or below its operand, so it is given the negated bounds, ascending, and the negated run
+time: that counts the bounds at or above the run time, and the rest lie below. Without
+bounds every run is in bucket 0 and nothing is computed per row.
 """
-"""The window's runs by queue and status."""
 
 THROUGHPUT = """
     SELECT m.start, coalesce(p.completed, 0) AS completed, coalesce(p.failed, 0) AS failed
@@ -203,7 +207,6 @@ def _rows(part: str) -> str:
 
 
 SNAPSHOT = f"""
-    WITH finished_runs AS MATERIALIZED ({FINISHED_RUNS})
     SELECT json_build_object(
         'queues', {_rows(QUEUE_COUNTS)},
         'oldest_ready', {_rows(OLDEST_READY)},
@@ -212,7 +215,6 @@ SNAPSHOT = f"""
         'schedules', {_rows(SCHEDULES)},
         'disabled_schedules', {_rows(DISABLED_SCHEDULES)},
         'finished', {_rows(FINISHED)},
-        'outcomes', {_rows(OUTCOMES)},
         'throughput', {_rows(THROUGHPUT)},
         'errors', {_rows(FREQUENT_ERRORS)},
         'estimated_rows', ({ESTIMATED_ROWS})
@@ -410,7 +412,7 @@ def read_snapshot(
     bounds = tuple(float(le) for le in buckets)
     params: dict[str, Any] = {
         "window": float(window),
-        "buckets": list(bounds),
+        "negated_buckets": sorted(-le for le in bounds),
         "running_limit": running_limit,
         "schedule_limit": schedule_limit,
         "error_limit": error_limit,
@@ -452,8 +454,14 @@ def _decode(data: dict[str, Any], window: float, buckets: tuple[float, ...]) -> 
             ScheduleDisabled(**{**row, "disabled_at": moment(row["disabled_at"])})
             for row in data["disabled_schedules"]
         ),
-        finished=tuple(_histograms(data["finished"], len(buckets))),
-        outcomes=tuple(QueueOutcome(**row) for row in data["outcomes"]),
+        finished=tuple(
+            _histograms((row for row in data["finished"] if row["name"] is not None), len(buckets))
+        ),
+        outcomes=tuple(
+            QueueOutcome(row["queue"], row["status"], row["count"])
+            for row in data["finished"]
+            if row["name"] is None
+        ),
         throughput=tuple(
             Minute(**{**row, "start": moment(row["start"])}) for row in data["throughput"]
         ),
@@ -468,14 +476,15 @@ def _decode(data: dict[str, Any], window: float, buckets: tuple[float, ...]) -> 
 
 
 def _histograms(rows: Iterable[dict[str, Any]], bounds: int) -> Iterable[Finished]:
-    """Fold :data:`FINISHED`'s rows (one per bucket) into one :class:`Finished` per group."""
+    """Fold :data:`FINISHED`'s rows by function (one per bucket) into one :class:`Finished` each."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["name"], row["status"]), []).append(row)
     for (name, status), parts in groups.items():
         timed_in = [0] * (bounds + 1)  # the last: above every bound, counted in +Inf only
         for part in parts:
-            timed_in[part["bucket"]] += part["timed"]
+            if part["timed"]:
+                timed_in[part["bucket"]] += part["timed"]
         yield Finished(
             name,
             status,
