@@ -6,6 +6,7 @@ import io
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -224,3 +225,20 @@ def test_each_consumer_reads_one_snapshot_and_nothing_else(
         assert len(snapshots_read) == 1, name
         assert len(statements) == 1 and "json_build_object" in statements[0], (name, statements)
         assert isinstance(snapshots_read[0], Snapshot)
+
+
+RENDERERS = (
+    "django_pq/status.py",
+    "django_pq/dashboard.py",
+    "django_pq/metrics.py",
+    "django_pq/admin/overview.py",
+    "django_pq/admin/chart.py",
+    "django_pq/management/commands/pq_status.py",
+)
+
+
+@pytest.mark.parametrize("path", RENDERERS)
+def test_the_renderers_hold_no_sql(path: str) -> None:
+    source = (Path(__file__).parents[2] / path).read_text()
+    for sign in ("SELECT ", " FROM pq_", "cursor(", "connections[", ".execute("):
+        assert sign not in source, f"{path} reads the database itself ({sign!r}); use read_snapshot"
