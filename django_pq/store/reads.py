@@ -201,8 +201,11 @@ ESTIMATED_ROWS = (
 
 
 def _rows(part: str) -> str:
-    # A part's rows as one JSON array. Nothing at this level joins or groups them, so
-    # json_agg keeps the part's ORDER BY.
+    """A part's rows as one JSON array (``[]`` when it has none), in the part's order.
+
+    Nothing at this level joins or groups the rows, so ``json_agg`` takes them in the
+    order the part's ``ORDER BY`` gives them.
+    """
     return f"(SELECT coalesce(json_agg(part), '[]') FROM ({part}) AS part)"
 
 
@@ -425,6 +428,7 @@ def read_snapshot(
 
 
 def _decode(data: dict[str, Any], window: float, buckets: tuple[float, ...]) -> Snapshot:
+    """The :class:`Snapshot` of :data:`SNAPSHOT`'s JSON (ages as floats, times as datetimes)."""
     moment = datetime.fromisoformat
     return Snapshot(
         queues=tuple(QueueCount(**row) for row in data["queues"]),
@@ -496,5 +500,5 @@ def _histograms(rows: Iterable[dict[str, Any]], bounds: int) -> Iterable[Finishe
 
 
 def _queue_names(value: Any) -> tuple[str, ...]:
-    # queues is jsonb: a list of names by the worker's own writes, anything by another's.
+    """A worker's queues (jsonb: a list of names as our worker writes it, else none)."""
     return tuple(str(name) for name in value) if isinstance(value, list) else ()
