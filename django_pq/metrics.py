@@ -6,10 +6,10 @@
     from django_pq.metrics import metrics_view
     urlpatterns = [path("metrics/pq", metrics_view)]
 
-Every scrape reads the queue with a fixed set of indexed queries (see
-:mod:`django_pq.status`): unfinished rows through their partial indexes, and the last
-``window`` seconds of finished rows through the finished index, so the cost follows the
-number of pending, running and recently finished tasks, not the size of the table. Put the
+Every scrape reads the queue's :class:`~django_pq.store.reads.Snapshot` in one indexed
+statement: unfinished rows through their partial indexes, and the last ``window`` seconds
+of finished rows through the finished index, so the cost follows the number of pending,
+running and recently finished tasks, not the size of the table. Put the
 view behind your own access control (``staff_member_required``, a private port, ...).
 """
 
@@ -18,11 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from django.db import connections
 from django.http import HttpRequest, HttpResponse
 
-from django_pq.conf import pq_settings
-from django_pq.status import OLDEST_READY, QUEUE_COUNTS, WORKERS
+from django_pq.store.reads import Snapshot, read_snapshot
 
 __all__ = ["DEFAULT_BUCKETS", "PQCollector", "make_metrics_view", "metrics_view"]
 
@@ -41,24 +39,6 @@ def _prometheus() -> Any:
     return prometheus_client
 
 
-def _finished_sql(buckets: Sequence[float]) -> str:
-    """Outcomes and duration buckets of the window's finished runs, by function and status.
-
-    One pass over the finished index; the bucket counts are cumulative, as Prometheus
-    histograms want them.
-    """
-    duration = "extract(epoch FROM finished_at - started_at)"
-    counts = ", ".join(f"count(*) FILTER (WHERE {duration} <= {float(le)!r})" for le in buckets)
-    return f"""
-        SELECT name, status, count(*), coalesce(sum({duration}), 0),
-               count(*) FILTER (WHERE started_at IS NOT NULL), {counts}
-        FROM pq_tasks
-        WHERE status IN ('completed', 'failed', 'cancelled')
-          AND finished_at > now() - make_interval(secs => %(window)s)
-        GROUP BY name, status
-    """
-
-
 class PQCollector:
     """A ``prometheus_client`` collector that reads the queue on every scrape."""
 
@@ -71,34 +51,29 @@ class PQCollector:
         self.window = window
         self.buckets = tuple(sorted(buckets))
         self.using = using
-        self.finished_sql = _finished_sql(self.buckets)
 
     def collect(self) -> Iterator[Any]:
         """Yield the metric families (the ``prometheus_client`` collector protocol)."""
         _prometheus()
-        from prometheus_client import core as metrics
+        yield from self.families(
+            read_snapshot(window=self.window, buckets=self.buckets, using=self.using)
+        )
 
-        with connections[self.using or pq_settings.DATABASE].cursor() as cursor:
-            cursor.execute(QUEUE_COUNTS)
-            depth = cursor.fetchall()
-            cursor.execute(OLDEST_READY)
-            oldest = cursor.fetchall()
-            cursor.execute(self.finished_sql, {"window": self.window})
-            finished = cursor.fetchall()
-            cursor.execute(WORKERS)
-            workers = cursor.fetchall()
+    def families(self, state: Snapshot) -> Iterator[Any]:
+        """The metric families of one snapshot (read with this collector's window and buckets)."""
+        from prometheus_client import core as metrics
 
         tasks = metrics.GaugeMetricFamily(
             "pq_tasks",
             "Unfinished tasks by queue, state (ready, scheduled, running) and priority.",
             labels=["queue", "state", "priority"],
         )
-        for queue, status, priority, count, ready in depth:
-            if status == "pending":
-                tasks.add_metric([queue, "ready", str(priority)], ready)
-                tasks.add_metric([queue, "scheduled", str(priority)], count - ready)
+        for group in state.queues:
+            if group.status == "pending":
+                tasks.add_metric([group.queue, "ready", str(group.priority)], group.ready)
+                tasks.add_metric([group.queue, "scheduled", str(group.priority)], group.scheduled)
             else:
-                tasks.add_metric([queue, "running", str(priority)], count)
+                tasks.add_metric([group.queue, "running", str(group.priority)], group.count)
         yield tasks
 
         age = metrics.GaugeMetricFamily(
@@ -106,25 +81,27 @@ class PQCollector:
             "How long the oldest ready task of each queue has waited to be claimed.",
             labels=["queue"],
         )
-        for queue, seconds in oldest:
-            age.add_metric([queue], float(seconds))
+        for queue, seconds in state.oldest_ready_age.items():
+            age.add_metric([queue], seconds)
         yield age
 
         outcomes = metrics.GaugeMetricFamily(
             "pq_tasks_finished_recent",
-            f"Tasks finished in the last {self.window:g} seconds, by function and status.",
+            f"Tasks finished in the last {state.window:g} seconds, by function and status.",
             labels=["task", "status"],
         )
         durations = metrics.HistogramMetricFamily(
             "pq_task_duration_seconds",
-            f"Run time of the tasks finished in the last {self.window:g} seconds.",
+            f"Run time of the tasks finished in the last {state.window:g} seconds.",
             labels=["task", "status"],
         )
-        for name, status, count, total, timed, *cumulative in finished:
-            outcomes.add_metric([name, status], count)
-            buckets = [(repr(le), n) for le, n in zip(self.buckets, cumulative, strict=True)]
+        for runs in state.finished:
+            outcomes.add_metric([runs.name, runs.status], runs.count)
+            buckets = [(repr(le), n) for le, n in zip(state.buckets, runs.buckets, strict=True)]
             durations.add_metric(
-                [name, status], buckets=[*buckets, ("+Inf", timed)], sum_value=float(total)
+                [runs.name, runs.status],
+                buckets=[*buckets, ("+Inf", runs.timed)],
+                sum_value=runs.seconds,
             )
         yield outcomes
         yield durations
@@ -137,10 +114,10 @@ class PQCollector:
         )
         per_host: dict[str, int] = {}
         busy = total_slots = 0
-        for _id, hostname, _pid, concurrency, _queues, _beat, _up, running in workers:
-            per_host[hostname] = per_host.get(hostname, 0) + 1
-            busy += running
-            total_slots += concurrency
+        for worker in state.workers:
+            per_host[worker.hostname] = per_host.get(worker.hostname, 0) + 1
+            busy += worker.running
+            total_slots += worker.concurrency
         for hostname, count in sorted(per_host.items()):
             live.add_metric([hostname], count)
         slots.add_metric(["busy"], busy)

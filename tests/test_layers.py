@@ -140,14 +140,10 @@ def _string_literals(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-#: Modules whose strings may name the tables, and why. Shrinks to pq_import_pq alone.
+#: Modules whose strings may name the tables, and why.
 NOT_OUR_TABLES = {
     # pq 0.9.1's tables share the names (in another schema); its advice names them.
     "management.commands.pq_import_pq": "tells how to move pq's own tables aside",
-    # The read side is being made one snapshot in store/ (issue 14, item 5).
-    "status": "read side, moving to store/",
-    "dashboard": "read side, moving to store/",
-    "metrics": "read side, moving to store/",
 }
 
 

@@ -69,8 +69,8 @@ def test_snapshot_counts_queues_ages_running_workers_and_schedules(busy_queue: A
     [schedule] = state.schedules
     assert schedule.name == "app.tasks:sync" and 60 < schedule.due_in <= 120
     [finished] = state.finished
-    assert finished[:3] == ("app.tasks:report", "failed", 1)
-    assert finished[3] == pytest.approx(2.0)
+    assert (finished.name, finished.status, finished.count) == ("app.tasks:report", "failed", 1)
+    assert finished.seconds == pytest.approx(2.0)
 
 
 def test_pq_status_prints_tables_and_exits_0_with_a_live_worker(busy_queue: Any) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from django_pq.dashboard import Minute
+from django_pq.store.reads import Minute
 
 WIDTH = 600
 HEIGHT = 120
@@ -13,7 +15,7 @@ HEIGHT = 120
 AXIS = 16
 
 
-def throughput_svg(minutes: list[Minute]) -> SafeString:
+def throughput_svg(minutes: Sequence[Minute]) -> SafeString:
     """Stacked bars per minute: completed (green) under failed (red), with hover titles."""
     if not minutes:
         return format_html("{}", "")

@@ -17,7 +17,6 @@ from django.utils.timesince import timesince
 from django_pq import dashboard
 from django_pq.admin.chart import throughput_svg
 from django_pq.admin.display import human_duration
-from django_pq.admin.liveness import with_worker_banner
 from django_pq.models import Task
 
 
@@ -40,11 +39,11 @@ def overview_view(model_admin: admin.ModelAdmin[Task]) -> Callable[[HttpRequest]
             "chart": throughput_svg(numbers.throughput),
             "chart_completed": sum(minute.completed for minute in numbers.throughput),
             "chart_failed": sum(minute.failed for minute in numbers.throughput),
+            # The banner from the same snapshot as the numbers, so the page agrees with itself.
+            "pq_no_live_worker": not numbers.snapshot.has_live_worker,
         }
         request.current_app = model_admin.admin_site.name
-        return TemplateResponse(
-            request, "admin/django_pq/overview.html", with_worker_banner(context)
-        )
+        return TemplateResponse(request, "admin/django_pq/overview.html", context)
 
     return view
 

@@ -38,16 +38,20 @@ def test_counts_by_queue_and_state() -> None:
     make_task(Status.COMPLETED, finished_at=now - dt.timedelta(days=3))  # outside the window
     failure("ValueError: bad")
 
-    counts = {row.queue: row for row in dashboard.queue_counts()}
+    numbers = dashboard.overview()
+    counts = {row.queue: row for row in numbers.queues}
     assert counts["default"] == dashboard.QueueCounts("default", ready=1, failed=1)
     assert counts["mail"] == dashboard.QueueCounts("mail", scheduled=1, running=1, completed=1)
-    age = dashboard.oldest_ready_age()
+    assert numbers.totals == dashboard.QueueCounts(
+        "all queues", ready=1, scheduled=1, running=1, completed=1, failed=1
+    )
+    age = numbers.oldest_ready_age
     assert age is not None and dt.timedelta(hours=2) <= age < dt.timedelta(hours=3)
 
 
 def test_nothing_ready_has_no_age() -> None:
     make_task(Status.PENDING, run_at=timezone.now() + dt.timedelta(hours=1))
-    assert dashboard.oldest_ready_age() is None
+    assert dashboard.overview().oldest_ready_age is None
 
 
 def test_throughput_per_minute_over_the_last_hour() -> None:
@@ -56,10 +60,10 @@ def test_throughput_per_minute_over_the_last_hour() -> None:
     make_task(Status.COMPLETED, finished_at=now)
     failure("ValueError: x")
     make_task(Status.COMPLETED, finished_at=now - dt.timedelta(hours=2))
-    minutes = dashboard.throughput()
+    minutes = dashboard.overview().throughput
     assert len(minutes) == dashboard.CHART_MINUTES
     assert (sum(m.completed for m in minutes), sum(m.failed for m in minutes)) == (2, 1)
-    assert minutes == sorted(minutes, key=lambda minute: minute.start)
+    assert list(minutes) == sorted(minutes, key=lambda minute: minute.start)
 
 
 def test_frequent_errors_group_by_the_telling_line() -> None:
@@ -72,7 +76,7 @@ def test_frequent_errors_group_by_the_telling_line() -> None:
         error_code=ErrorCode.WORKER_LOST,
         finished_at=timezone.now(),
     )
-    errors = dashboard.frequent_errors()
+    errors = dashboard.overview().errors
     assert [(e.summary, e.count) for e in errors] == [
         ("ConnectionError: smtp down", 3),
         ("Cancelled", 1),

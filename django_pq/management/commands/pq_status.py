@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from django_pq.status import Snapshot, snapshot
+from django_pq.status import Snapshot, as_json, snapshot
 
 #: Exit code when no worker holds a live lease.
 NO_LIVE_WORKER = 1
@@ -40,25 +40,19 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 def render(state: Snapshot) -> str:
     """The human-readable report."""
     out: list[str] = []
-    by_queue: dict[str, dict[str, int]] = {}
-    for count in state.queues:
-        cells = by_queue.setdefault(count.queue, {"ready": 0, "scheduled": 0, "running": 0})
-        if count.status == "pending":
-            cells["ready"] += count.ready
-            cells["scheduled"] += count.count - count.ready
-        else:
-            cells["running"] += count.count
+    # Queues with unfinished tasks; the finished ones are the next section's.
+    unfinished = [c for c in state.per_queue() if c.ready or c.scheduled or c.running]
     out.append("Queues")
-    if by_queue:
+    if unfinished:
         rows = [
             [
-                queue,
-                str(cells["ready"]),
-                str(cells["scheduled"]),
-                str(cells["running"]),
-                _age(state.oldest_ready_age[queue]) if queue in state.oldest_ready_age else "-",
+                c.queue,
+                str(c.ready),
+                str(c.scheduled),
+                str(c.running),
+                _age(state.oldest_ready_age[c.queue]) if c.queue in state.oldest_ready_age else "-",
             ]
-            for queue, cells in sorted(by_queue.items())
+            for c in unfinished
         ]
         out += _table(["queue", "ready", "scheduled", "running", "oldest ready"], rows)
     else:
@@ -68,8 +62,8 @@ def render(state: Snapshot) -> str:
         out += _table(
             ["task", "status", "count", "avg duration"],
             [
-                [name, status, str(count), _age(seconds / count) if count else "-"]
-                for name, status, count, seconds in state.finished
+                [f.name, f.status, str(f.count), _age(f.seconds / f.count) if f.count else "-"]
+                for f in state.finished
             ],
         )
     out += ["", f"Running tasks ({len(state.running)})"]
@@ -159,7 +153,7 @@ class Command(BaseCommand):
             running_limit=options["running_limit"], schedule_limit=options["schedules"]
         )
         if options["json"]:
-            self.stdout.write(json.dumps(state.as_json(), indent=2, default=str))
+            self.stdout.write(json.dumps(as_json(state), indent=2, default=str))
         else:
             self.stdout.write(render(state))
         if not state.has_live_worker:
