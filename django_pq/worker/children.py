@@ -269,8 +269,11 @@ def verdict(
 
 
 def _bounded(text: str, limit: int) -> str:
-    """Error text Postgres accepts (no NUL) and of bounded size (keep head and tail)."""
-    text = text.replace("\x00", "\\x00")
+    """Error text Postgres accepts (no NUL, nothing UTF-8 cannot encode) and of bounded
+    size (keep head and tail)."""
+    # A lone surrogate (a file name decoded with surrogateescape, say) is a str Python
+    # holds and the driver cannot send: escaped, like NUL, so the error still lands.
+    text = text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
     if len(text) <= limit:
         return text
     half = limit // 2

@@ -64,6 +64,14 @@ class Report:
 UNREADABLE = Report(status="failed", error="Unreadable report.")
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -78,7 +86,9 @@ _FITS: dict[str, Callable[[Any], bool]] = {
     "error": lambda value: isinstance(value, str),
     # Only codes a row can hold: one it cannot would fail even the fallback write.
     "error_code": lambda value: value == "" or value in ErrorCode.values,
-    "result": lambda value: value is None or isinstance(value, str),
+    # JSON text a row can hold: the child's is ASCII; a lone surrogate has no UTF-8 at
+    # all, and the driver would raise sending it (the error text is escaped instead).
+    "result": lambda value: value is None or (isinstance(value, str) and _encodable(value)),
     "cpu_seconds": lambda value: value is None or _is_number(value),
     "peak_rss": lambda value: value is None or _is_integer(value),
     "retiring": lambda value: isinstance(value, bool),

@@ -184,6 +184,12 @@ def error_with_nul_bytes() -> None:
     raise ValueError("before\x00after\x00" * 3)
 
 
+def error_with_lone_surrogate() -> None:
+    # A str Python holds but UTF-8 cannot encode (say, a file name decoded with
+    # surrogateescape): it must reach the row, escaped, not stop the worker.
+    raise ValueError("bad name \udcff")
+
+
 def ten_megabytes_of_error() -> None:
     raise ValueError("e" * (10 * 1024 * 1024))
 

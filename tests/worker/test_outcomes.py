@@ -125,6 +125,16 @@ def test_error_text_is_made_safe_and_bounded(start_worker):
     assert "characters cut" in task.error
 
 
+def test_an_error_utf8_cannot_encode_lone_surrogate_fails_only_its_task(start_worker):
+    bad = pq.enqueue(tasks.error_with_lone_surrogate, priority=pq.Priority.HIGH)
+    good = pq.enqueue(tasks.add, 1, 1)
+    worker = run_burst(start_worker, "--concurrency", "1")
+    bad.refresh_from_db()
+    assert (bad.status, bad.error_code) == ("failed", "exception"), worker.output()
+    assert "ValueError: bad name \\udcff" in bad.error
+    assert outcome(good) == ("completed", "")
+
+
 def test_hostile_rows_run_nothing_and_import_nothing(start_worker):
     marker = Path(tempfile.mkdtemp()) / "pwned"
     side_effect_marker = Path(tempfile.mkdtemp()) / "imported"

@@ -117,6 +117,9 @@ def test_parsing_any_json_never_raises(value):
         b'{"status": "running"}',
         b'{"status": 1}',
         b'{"status": "completed", "result": {"a": 1}}',
+        # A lone surrogate: no UTF-8 to send, so no row could hold it (the child's own
+        # result is ASCII JSON text, where a surrogate stays an escape).
+        b'{"status": "completed", "result": "\\ud800"}',
         b'{"status": "failed", "error": 5}',
         b'{"status": "failed", "error_code": ["exception"]}',
         b'{"status": "failed", "error_code": "bogus"}',  # no row can hold it
@@ -167,6 +170,15 @@ def test_a_failed_report_without_a_code_is_an_exception():
 def test_the_error_text_is_bounded_and_free_of_nul():
     outcome = judged(Report(status="failed", error="\x00" + "x" * 5000))
     assert "\x00" not in outcome.error and len(outcome.error) < 1100
+
+
+def test_error_text_utf8_cannot_encode_is_escaped():
+    # A task may raise with a lone surrogate in its message; the driver cannot send it.
+    parsed = Report.parse(b'{"status": "failed", "error": "bad \\udcff"}')
+    assert parsed is not None and parsed.error == "bad \udcff"
+    outcome = judged(parsed)
+    assert outcome.error == "bad \\udcff"
+    outcome.error.encode()  # what the finish statement sends
 
 
 def test_the_childs_own_measure_wins_over_wait4s():
