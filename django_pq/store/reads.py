@@ -25,7 +25,7 @@ from typing import Any
 
 from django.db import connections
 
-from django_pq.conf import pq_settings
+from django_pq.conf import LONGEST_LEASE, pq_settings
 
 __all__ = [
     "SNAPSHOT",
@@ -78,7 +78,7 @@ RUNNING = """
 """
 """The running tasks, longest-running first, at most ``running_limit`` (``pq_tasks_running``)."""
 
-WORKERS = """
+WORKERS = f"""
     SELECT id::text AS id, hostname, pid, concurrency, queues,
            extract(epoch FROM now() - heartbeat_at) AS heartbeat_age,
            extract(epoch FROM now() - started_at) AS up_for,
@@ -86,9 +86,13 @@ WORKERS = """
             WHERE t.status = 'running' AND t.worker_id = w.id) AS running
     FROM pq_workers w
     WHERE stopped_at IS NULL AND lease_expires_at > now()
+      AND lease_expires_at <= now() + interval '{LONGEST_LEASE:.0f} seconds'
     ORDER BY hostname, pid
 """
 """The workers holding a live lease, each with its running tasks counted.
+
+A live lease by the reaper's rule (``models.holds_a_lease``): one further ahead than any
+worker may lease (``LONGEST_LEASE``) is no worker's, and its tasks are being reaped.
 
 ``pq_workers`` holds one row per worker process; the counts read ``pq_tasks_running``.
 """

@@ -242,3 +242,20 @@ def test_the_renderers_hold_no_sql(path: str) -> None:
     source = (Path(__file__).parents[2] / path).read_text()
     for sign in ("SELECT ", " FROM pq_", "cursor(", "connections[", ".execute("):
         assert sign not in source, f"{path} reads the database itself ({sign!r}); use read_snapshot"
+
+
+@pytest.mark.django_db
+def test_a_lease_no_worker_could_take_is_no_live_worker() -> None:
+    # A lease further ahead than PQ_LEASE may reach (a hand-written year 9999) is no
+    # lease a worker wrote: the reaper takes its tasks and the admin lists it as dead,
+    # so the snapshot must not count it live either (nor tell pq_status all is well).
+    ghost = baker.make(
+        Worker, id=WORKER, hostname="ghost", pid=1, concurrency=1,
+        lease_expires_at=timezone.now() + timedelta(days=30),
+    )  # fmt: skip
+    assert not Worker.objects.alive().filter(pk=ghost.pk).exists()
+    snapshot = read_snapshot()
+    assert snapshot.workers == () and not snapshot.has_live_worker
+    with pytest.raises(SystemExit) as exited:
+        call_command("pq_status", stdout=io.StringIO())
+    assert exited.value.code == 1
