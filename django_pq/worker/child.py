@@ -109,8 +109,14 @@ def _limit_memory(max_memory_mb: float | None) -> None:
         return
     with open("/proc/self/statm") as statm:
         mapped = int(statm.read().split()[0]) * resource.getpagesize()
-    limit = mapped + int(max_memory_mb * 1024 * 1024)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    limit = mapped + max_memory_mb * 1024 * 1024
+    # Never above the hard limit the worker was started under: raising it is refused.
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if limit >= 2**63:  # no cap this large fits (say, inf): the parent's RSS check holds
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
 
 
 def _prepare_process(parent_pid: int, lease: LeaseClock, max_memory_mb: float | None) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from django.db import connection, transaction
 
 import django_pq as pq
 from django_pq.models import Task
+from tests.conftest import skip_or_fail
 from tests.testapp import tasks
 from tests.testapp.models import RunLog
 from tests.worker.conftest import run_burst, wait_until
@@ -82,6 +85,29 @@ def test_task_over_its_memory_limit_is_stopped(start_worker):
         assert (task.status, task.error_code) == ("failed", "memory"), task.error
     assert "150 MB" in growing.error
     assert outcome(good) == ("completed", "")
+
+
+def test_a_memory_limit_past_what_the_kernel_caps_still_runs_tasks(start_worker):
+    # inf passes PQ_MAX_MEMORY's rule (a number > 0): a limit no task reaches, not one
+    # that fails every task before it starts.
+    task = pq.enqueue(tasks.add, 2, 3)
+    worker = run_burst(start_worker, "--concurrency", "1", "--max-memory", "inf")
+    assert outcome(task) == ("completed", ""), worker.output()
+
+
+def test_a_memory_limit_above_the_hard_limit_is_capped_at_it(start_worker, monkeypatch):
+    # Started under a hard address-space limit (ulimit -v, a container's): a child may
+    # not raise it, so asking for more must cap at it, not fail every task.
+    if shutil.which("prlimit") is None:
+        skip_or_fail("needs prlimit (util-linux)")
+    wrapper = Path(tempfile.mkdtemp()) / "python"
+    hard = 8 * 1024**3
+    wrapper.write_text(f'#!/bin/sh\nexec prlimit --as={hard}:{hard} -- {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(wrapper))
+    task = pq.enqueue(tasks.add, 2, 3)
+    worker = run_burst(start_worker, "--concurrency", "1", "--max-memory", "100000")
+    assert outcome(task) == ("completed", ""), worker.output()
 
 
 def test_operator_kill_is_a_signal_not_out_of_memory(start_worker):
