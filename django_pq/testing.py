@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 
 from django_pq.conf import pq_settings
 from django_pq.exceptions import PQError
@@ -232,8 +232,14 @@ def capture_tasks(using: str | None = None) -> Iterator[CapturedTasks]:
     captured = CapturedTasks(using)
     try:
         yield captured
-    finally:
-        captured.end()
+    except BaseException:
+        # The block's error is the one to see: if it also broke the transaction, ending
+        # the capture cannot read the newest id, and must not raise "transaction aborted"
+        # in its place (the capture stays open then).
+        with contextlib.suppress(DatabaseError):
+            captured.end()
+        raise
+    captured.end()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from django.db import transaction
+from django.db import DataError, connection, transaction
 from django.test import TestCase, TransactionTestCase
 
 from django_pq.enqueueing import enqueue, upsert
@@ -90,6 +90,15 @@ def test_an_upsert_replacing_a_task_from_before_the_capture_is_not_captured() ->
     with capture_tasks() as captured:
         upsert(tasks.add, 3, 4, client_id="older")
     captured.assert_nothing_enqueued()
+
+
+def test_a_database_error_inside_the_block_is_the_error_raised() -> None:
+    # The block broke the test's transaction: ending the capture must not replace the
+    # error the test is about with "current transaction is aborted".
+    with pytest.raises(DataError, match="division by zero"), capture_tasks():
+        enqueue(tasks.noop)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
 
 
 # -- running inline ----------------------------------------------------------------------
