@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 from django.db import connections
+from psycopg.sql import SQL, Identifier
 
 from django_pq.worker.faults import STATEMENTS, cuts_connection
 
@@ -97,7 +98,9 @@ class Database:
             )
             conn.add_notify_handler(lambda notify: self._dispatch(notify.payload))
             if self.listen:
-                conn.execute(f"LISTEN {self.channel}")  # channel is a checked identifier
+                # Quoted: pg_notify() names the channel exactly as written, capitals
+                # and keywords (PQ_NOTIFY_CHANNEL = "order") included.
+                conn.execute(SQL("LISTEN {}").format(Identifier(self.channel)))
         except psycopg.Error as error:
             self._failed(error)
             return False

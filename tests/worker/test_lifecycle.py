@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from django.test import override_settings
 
 import django_pq as pq
 from django_pq.models import Task, Worker
@@ -57,6 +58,19 @@ def test_idle_worker_starts_a_new_task_promptly(start_worker):
     settled(worker)
     task = pq.enqueue(tasks.add, 2, 2)
     wait_until(lambda: status_of(task) == "completed", 10, "the task to run")
+
+
+@pytest.mark.parametrize("channel", ["Wake_Up", "order"])
+def test_any_channel_the_setting_admits_wakes_the_worker(start_worker, channel):
+    # PQ_NOTIFY_CHANNEL admits capitals and SQL keywords: enqueue's pg_notify() names the
+    # channel as written, so the worker must LISTEN on exactly that name.
+    worker = start_worker(
+        "--poll-interval", "600", settings={**SLOW_HEARTBEAT, "PQ_NOTIFY_CHANNEL": channel}
+    )
+    with override_settings(PQ_NOTIFY_CHANNEL=channel):
+        settled(worker)
+        task = pq.enqueue(tasks.add, 2, 2)
+    wait_until(lambda: status_of(task) == "completed", 10, f"the task to run\n{worker.output()}")
 
 
 def test_future_task_runs_when_due_without_a_poll(start_worker):
