@@ -36,7 +36,8 @@ def _bool(value: Any) -> bool:
 
 
 def _identifier(value: Any) -> bool:
-    return isinstance(value, str) and value.isidentifier() and len(value) <= 63
+    # Postgres counts a name's bytes: pg_notify() refuses a channel past 63 of them.
+    return isinstance(value, str) and value.isidentifier() and len(value.encode()) <= 63
 
 
 def _non_empty_str(value: Any) -> bool:
@@ -139,7 +140,7 @@ SETTINGS: tuple[Setting, ...] = (
         "PQ_NOTIFY_CHANNEL",
         "django_pq",
         _identifier,
-        "a Postgres identifier (letters, digits, underscores; at most 63 characters)",
+        "a Postgres identifier (letters, digits, underscores; at most 63 bytes in UTF-8)",
         "django_pq.E008",
         "LISTEN/NOTIFY channel that enqueue signals and workers wait on.",
     ),

@@ -24,6 +24,8 @@ def test_every_option_a_setting_supplies_defaults_to_that_settings_default() -> 
         ("max_runtime", float("nan"), "--max-runtime must be None or a number of seconds > 0"),
         ("drain_timeout", -1.0, "--drain-timeout must be a number of seconds >= 0"),
         ("channel", "not an identifier", "PQ_NOTIFY_CHANNEL must be"),
+        # 40 characters, 80 bytes: pg_notify() refuses a channel name past 63 bytes.
+        ("channel", "é" * 40, "PQ_NOTIFY_CHANNEL must be"),
     ],
 )
 def test_an_option_is_refused_by_the_rule_of_its_setting(option, value, message) -> None:
