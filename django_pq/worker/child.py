@@ -291,11 +291,17 @@ def run_child(
     code = 0
     try:
         _prepare_process(parent_pid, lease, max_memory_mb)
+        me = os.getpid()
         task: Claimed | None = claimed
         for done in range(1, tasks_per_child + 1):
             assert task is not None
             before = resource.getrusage(resource.RUSAGE_SELF)
             report = run_task(task, max_memory_mb)
+            if os.getpid() != me:
+                # A copy the task forked returned from it (no os._exit): only this child
+                # reports, and the copy must neither read the next task nor close the
+                # connections it shares with this child.
+                os._exit(0)
             after = resource.getrusage(resource.RUSAGE_SELF)
             # Decided before reporting, so the parent never hands a task to a leaving child.
             # Past the memory limit it retires early: a fresh fork starts lean again.

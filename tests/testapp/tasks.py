@@ -190,6 +190,16 @@ def error_with_lone_surrogate() -> None:
     raise ValueError("bad name \udcff")
 
 
+def fork_and_return_in_both() -> str:
+    # A task's bug: the forked copy returns from the task instead of calling os._exit.
+    # It returns first, so its report would come first.
+    pid = os.fork()
+    if pid == 0:
+        return "the copy"
+    os.waitpid(pid, 0)
+    return "the task"
+
+
 def ten_megabytes_of_error() -> None:
     raise ValueError("e" * (10 * 1024 * 1024))
 

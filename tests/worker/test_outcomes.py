@@ -161,6 +161,17 @@ def test_an_error_utf8_cannot_encode_lone_surrogate_fails_only_its_task(start_wo
     assert outcome(good) == ("completed", "")
 
 
+@pytest.mark.parametrize("per_child", ["1", "2"])
+def test_a_forked_copy_returning_from_the_task_does_not_report_for_it(start_worker, per_child):
+    forking = pq.enqueue(tasks.fork_and_return_in_both, priority=pq.Priority.HIGH)
+    after = pq.enqueue(tasks.add, 1, 1)
+    worker = run_burst(start_worker, "--concurrency", "1", "--tasks-per-child", per_child)
+    forking.refresh_from_db()
+    assert (forking.status, forking.decoded_result()) == ("completed", "the task"), worker.output()
+    after.refresh_from_db()
+    assert (after.status, after.decoded_result()) == ("completed", 2), worker.output()
+
+
 def test_hostile_rows_run_nothing_and_import_nothing(start_worker):
     marker = Path(tempfile.mkdtemp()) / "pwned"
     side_effect_marker = Path(tempfile.mkdtemp()) / "imported"
