@@ -15,6 +15,7 @@ view behind your own access control (``staff_member_required``, a private port, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -49,7 +50,10 @@ class PQCollector:
         using: str | None = None,
     ) -> None:
         self.window = window
-        self.buckets = tuple(sorted(buckets))
+        # Each finite bound once, ascending: +Inf is always added (prometheus_client's
+        # own buckets end in INF), and a repeated le is a duplicate series Prometheus
+        # refuses the whole scrape for.
+        self.buckets = tuple(sorted({float(le) for le in buckets if math.isfinite(le)}))
         self.using = using
 
     def collect(self) -> Iterator[Any]:

@@ -79,3 +79,23 @@ def test_a_clear_error_without_prometheus_client(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     with pytest.raises(ImportError, match=r"pip install 'django-pq-tasks\[prometheus\]'"):
         make_metrics_view()
+
+
+def test_buckets_as_prometheus_client_spells_them_give_one_series_per_bound() -> None:
+    # prometheus_client's own buckets end in INF, and may repeat a bound: each le is one
+    # series (a repeated one makes Prometheus refuse the whole scrape as duplicate samples).
+    now = timezone.now()
+    baker.make(Task, name="app:report", status=Status.COMPLETED,
+               started_at=now - timedelta(seconds=0.5), finished_at=now)  # fmt: skip
+    view = make_metrics_view(buckets=(1.0, 0.1, 1.0, float("inf")))
+    text = view(RequestFactory().get("/metrics")).content.decode()
+    bounds = [
+        line.split('le="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("pq_task_duration_seconds_bucket")
+    ]
+    assert bounds == ["0.1", "1.0", "+Inf"]
+    samples = scrape(view)
+    report = (("status", "completed"), ("task", "app:report"))
+    assert samples["pq_task_duration_seconds_bucket", (("le", "1.0"), *report)] == 1
+    assert samples["pq_task_duration_seconds_bucket", (("le", "0.1"), *report)] == 0
