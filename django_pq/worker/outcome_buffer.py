@@ -6,7 +6,7 @@ next claim, one commit for both). A batch the database refuses is written one ou
 a time, so one unstorable outcome cannot hold up the others, and an outcome that cannot
 be stored at all still lands, as a failure that says why.
 
-While its outcome waits, a task is still this worker's: orphan recovery must not reap it.
+While its outcome waits, the task still belongs to this worker: orphan recovery must not reap it.
 """
 
 from __future__ import annotations
