@@ -531,7 +531,11 @@ class WorkerLoop:
     # -- database chores ---------------------------------------------------------------
 
     def _heartbeat_if_due(self, now: float) -> None:
-        if not self.timers.heartbeat.due(now):
+        # A future task's timer asks the database first: the timer was set by this
+        # worker's wall clock, which may have moved since the last heartbeat measured it.
+        # A claim that came too early would leave the task until the next heartbeat.
+        task_timer_due = self.timers.next_task.due(now)
+        if not (self.timers.heartbeat.due(now) or task_timer_due):
             return
         params = {
             "id": self.id,
@@ -547,7 +551,12 @@ class WorkerLoop:
         self.clock_offset = float(db_epoch) - time.time()
         if to_schedule is not None:
             self.timers.fire.bring_forward(now + max(float(to_schedule), 0.0))
-        if to_task is not None:
+        if task_timer_due:
+            # The database's word replaces the timer: due now, later, or (claimed
+            # elsewhere, cancelled) never.
+            to_next = NEVER if to_task is None else now + max(float(to_task), 0.0)
+            self.timers.next_task.set(to_next)
+        elif to_task is not None:
             # The safety net under NOTIFY: ready work is claimed, future work gets a timer.
             self.timers.next_task.bring_forward(now + max(float(to_task), 0.0))
         if lost and not self.signals_received:
