@@ -302,7 +302,7 @@ def test_status_moves_ready_running_successful(start_worker: Any) -> None:
         result.refresh()
         return result.status == TaskResultStatus.RUNNING
 
-    wait_until(running, 60, f"the task to run; worker log:\n{worker.output()}")
+    wait_until(running, 60, lambda: f"the task to run; worker log:\n{worker.output()}")
     assert result.started_at is not None and result.finished_at is None
     assert result.attempts == 1 and not result.is_finished
     with pytest.raises(ValueError, match="not finished"):
@@ -314,7 +314,7 @@ def test_status_moves_ready_running_successful(start_worker: Any) -> None:
         in_event_loop(result.arefresh)
         return result.is_finished
 
-    wait_until(finished, 60, f"the task to finish; worker log:\n{worker.output()}")
+    wait_until(finished, 60, lambda: f"the task to finish; worker log:\n{worker.output()}")
     assert result.status == TaskResultStatus.SUCCESSFUL
     assert result.return_value == "gate"
     assert result.finished_at >= result.started_at >= result.enqueued_at  # type: ignore[operator]

@@ -236,14 +236,21 @@ def heartbeat_statement(config: ClaimScope) -> str:
     worker's tasks that someone asked to cancel; up to 500 running tasks of dead workers
     (lease lapsed, stopped, never registered, or leased further ahead than any worker
     may, ``LONGEST_LEASE``: decided by the database clock, so a skewed worker clock
-    cannot reap early); the seconds until the next due schedule and
-    until the next task this worker could claim; and the database's clock.
+    cannot reap early); the seconds until the next due schedule (0 if one is overdue);
+    whether a task this worker could claim is ready now; the seconds until the earliest
+    task it could claim that is not ready yet; and the database's clock. Each "seconds
+    until" is NULL when there is no such row: a heartbeat that found nothing must not look
+    like one that found something due.
 
     Total over any timestamp a row may hold: ``run_at``/``next_run`` of ``infinity`` or
     ``-infinity`` (which would make ``min(...) - now()`` overflow) are clamped to within a
     day from now; the next heartbeat asks again anyway.
     """
-    filters = ["status = 'pending'", *_claim_filters(config)]
+    claimable = " AND ".join(["status = 'pending'", *_claim_filters(config)])
+    next_schedule = _seconds_until("SELECT min(next_run) FROM pq_periodic WHERE active")
+    next_task = _seconds_until(
+        f"SELECT min(run_at) FROM pq_tasks WHERE {claimable} AND run_at > now()"
+    )
     return f"""
         WITH renewed AS (
             UPDATE pq_workers SET heartbeat_at = now(),
@@ -260,17 +267,20 @@ def heartbeat_statement(config: ClaimScope) -> str:
                     AND (w.id IS NULL OR w.stopped_at IS NOT NULL OR w.lease_expires_at < now()
                          OR w.lease_expires_at > now() + interval '{LONGEST_LEASE:.0f} seconds')
                   ORDER BY t.id LIMIT 500),
-            (SELECT extract(epoch FROM {_within_a_day("min(next_run)")})
-             FROM pq_periodic WHERE active),
-            (SELECT extract(epoch FROM {_within_a_day("min(run_at)")}) FROM pq_tasks
-             WHERE {" AND ".join(filters)}),
+            {next_schedule},
+            EXISTS (SELECT 1 FROM pq_tasks WHERE {claimable} AND run_at <= now()),
+            {next_task},
             extract(epoch FROM clock_timestamp())
     """
 
 
-def _within_a_day(moment: str) -> str:
-    """``moment - now()``, clamped to [0, 1 day]: never out of range, whatever ``moment``."""
-    return f"least(greatest({moment}, now()), now() + interval '1 day') - now()"
+def _seconds_until(moment_query: str) -> str:
+    """Seconds from now to the moment ``moment_query`` selects, clamped to [0, 1 day] (never
+    out of range, whatever the row holds); NULL when it selects none. (``greatest`` and
+    ``least`` skip a NULL, so the guard must come first.)"""
+    return f"""(SELECT extract(epoch FROM
+                   least(greatest(moment, now()), now() + interval '1 day') - now())
+               FROM ({moment_query}) AS next(moment) WHERE moment IS NOT NULL)"""
 
 
 CANCEL_REQUESTED = """

@@ -134,6 +134,7 @@ class WorkerLoop:
                 # epoch moves nothing: the heartbeat reports the next task anyway.
                 when = time.monotonic() + min(delay, self.config.heartbeat_interval)
                 self.timers.next_task.bring_forward(when)
+                logger.debug("Task due in %.3fs in queue %r: timer set", delay, message.queue)
             else:
                 self.should_claim = True
 
@@ -537,6 +538,10 @@ class WorkerLoop:
         task_timer_due = self.timers.next_task.due(now)
         if not (self.timers.heartbeat.due(now) or task_timer_due):
             return
+        if task_timer_due:
+            # The answer below sets it again; a NOTIFY read while the statement runs may
+            # bring it forward meanwhile, and must not be overwritten.
+            self.timers.next_task.set(NEVER)
         params = {
             "id": self.id,
             "lease": self.config.lease,
@@ -545,20 +550,25 @@ class WorkerLoop:
         rows = self.db.execute("heartbeat", sql.heartbeat_statement(self.config), params)
         if not rows:
             self.timers.heartbeat.failed(now)
+            if task_timer_due:  # unanswered: claim anyway, the claim decides
+                self.timers.next_task.bring_forward(now)
             return
         self.timers.heartbeat.succeeded(now)
-        renewed, cancels, lost, to_schedule, to_task, db_epoch = rows[0]
+        renewed, cancels, lost, to_schedule, task_ready, to_task, db_epoch = rows[0]
         self.clock_offset = float(db_epoch) - time.time()
         if to_schedule is not None:
             self.timers.fire.bring_forward(now + max(float(to_schedule), 0.0))
-        if task_timer_due:
-            # The database's word replaces the timer: due now, later, or (claimed
-            # elsewhere, cancelled) never.
-            to_next = NEVER if to_task is None else now + max(float(to_task), 0.0)
-            self.timers.next_task.set(to_next)
-        elif to_task is not None:
-            # The safety net under NOTIFY: ready work is claimed, future work gets a timer.
+        # The safety net under NOTIFY: ready work is claimed, and the earliest future task
+        # gets the timer. Two separate answers, so that claiming the ready work cannot use
+        # up the timer of a task due later.
+        if task_ready:
+            self.should_claim = True
+        if to_task is not None:
             self.timers.next_task.bring_forward(now + max(float(to_task), 0.0))
+        if task_timer_due:
+            logger.debug(
+                "Task timer ran out; by the database: ready=%s, next in %s s", task_ready, to_task
+            )
         if lost and not self.signals_received:
             self._reap([(int(task_id), token) for task_id, token in lost])
         if renewed:

@@ -37,15 +37,20 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 30.0, message: str = "") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+def wait_until(
+    condition: Callable[[], Any], timeout: float = 30.0, message: str | Callable[[], str] = ""
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds.
+
+    ``message`` may be a callable, read only on failure (say, a worker's log by then)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message or condition}")
+            what = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(0.02)
 
 

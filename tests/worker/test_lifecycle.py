@@ -38,19 +38,22 @@ SLOW_HEARTBEAT = {"PQ_HEARTBEAT_INTERVAL": 600, "PQ_LEASE": 1800}
 
 
 def settled(worker) -> None:
-    """Wait until the worker has claimed once (finding nothing) and sits idle: from here on
-    only a wake-up can make it look for work again before its next heartbeat."""
-    registered(worker)
+    """Wait until the worker has made its first claim (finding nothing) and its first
+    heartbeat, and sits idle: from here on only a wake-up can make it look for work again
+    before its next heartbeat. (It claims when it registers; the heartbeat comes after,
+    and claims again only if it finds work ready.)"""
+    row = registered(worker)
 
-    def idle_after_a_claim() -> bool:
+    def idle_after_a_heartbeat() -> bool:
         with connect_like_django() as admin:
-            row = admin.execute(
-                "SELECT state, query FROM pg_stat_activity WHERE application_name = %s",
-                [f"pq_worker:{worker.pid}"],
+            found = admin.execute(
+                "SELECT a.state FROM pg_stat_activity a, pq_workers w "
+                "WHERE a.application_name = %s AND w.id = %s AND w.heartbeat_at > w.started_at",
+                [f"pq_worker:{worker.pid}", row.pk],
             ).fetchone()
-        return row is not None and row[0] == "idle" and "SKIP LOCKED" in row[1]
+        return found is not None and found[0] == "idle"
 
-    wait_until(idle_after_a_claim, 30, "the worker's first, empty claim")
+    wait_until(idle_after_a_heartbeat, 30, "the worker's first claim and heartbeat")
 
 
 def test_idle_worker_starts_a_new_task_promptly(start_worker):
@@ -71,16 +74,45 @@ def test_any_channel_the_setting_admits_wakes_the_worker(start_worker, channel):
     with override_settings(PQ_NOTIFY_CHANNEL=channel):
         settled(worker)
         task = pq.enqueue(tasks.add, 2, 2)
-    wait_until(lambda: status_of(task) == "completed", 10, f"the task to run\n{worker.output()}")
+    wait_until(
+        lambda: status_of(task) == "completed",
+        10,
+        lambda: f"the task to run; the worker's log:\n{worker.output()}",
+    )
 
 
 def test_future_task_runs_when_due_without_a_poll(start_worker):
     worker = start_worker("--poll-interval", "600", settings=SLOW_HEARTBEAT)
     settled(worker)
     task = pq.enqueue(tasks.add, 1, 1, run_at=dt.timedelta(seconds=1))
-    wait_until(lambda: status_of(task) == "completed", 10, "the delayed task to run")
+    wait_until(
+        lambda: status_of(task) == "completed",
+        10,
+        lambda: f"the delayed task to run; the worker's log:\n{worker.output()}",
+    )
     task.refresh_from_db()
     assert task.started_at >= task.run_at
+
+
+def test_future_tasks_sent_together_each_run_when_due_without_a_poll(start_worker):
+    # One statement, one notification: it names only the earliest. Claiming that one must
+    # not use up the timer the later one needs (the heartbeat is 600 s away).
+    worker = start_worker("--poll-interval", "600", settings=SLOW_HEARTBEAT)
+    settled(worker)
+    sooner, later = pq.enqueue_many(
+        [
+            pq.prepare(tasks.add, 1, 1, run_at=dt.timedelta(seconds=1)),
+            pq.prepare(tasks.add, 1, 2, run_at=dt.timedelta(seconds=2)),
+        ]
+    )
+    for task in (sooner, later):
+        wait_until(
+            lambda task=task: status_of(task) == "completed",
+            10,
+            lambda: f"both delayed tasks to run; the worker's log:\n{worker.output()}",
+        )
+        task.refresh_from_db()
+        assert task.started_at >= task.run_at
 
 
 def test_without_listen_the_worker_polls(start_worker):
