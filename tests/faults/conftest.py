@@ -34,13 +34,18 @@ import pytest
 from devdb import ThrowawayPostgres
 from django_pq.models import ErrorCode
 from tests.conftest import skip_or_fail
-from tests.worker.conftest import FAST_LIVENESS, REPO, test_database_url, wait_until
+from tests.worker.conftest import (
+    FAKETIME_LIBRARY,
+    FAST_LIVENESS,
+    REPO,
+    test_database_url,
+    wait_until,
+)
 
 SCALE = float(os.environ.get("DJANGO_PQ_FAULT_SCALE", "0.03"))
 LEDGER_TASK = "tests.testapp.tasks:ledger"
 LEDGER_TABLE = "testapp_faultledger"
 MARKER_VARIABLE = "DJANGO_PQ_FAULT_MARKER"
-FAKETIME_LIBRARY = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 #: How long after its worker died a row may still be ``running`` (delivery.md), plus slack
 #: for a machine busy with other test runs.
 REAP_BOUND = FAST_LIVENESS["PQ_LEASE"] + FAST_LIVENESS["PQ_HEARTBEAT_INTERVAL"]

@@ -17,6 +17,8 @@ import pytest
 from django.db import connection
 
 REPO = Path(__file__).resolve().parents[2]
+#: Debian's libfaketime (package faketime), preloaded to give a worker a wrong wall clock.
+FAKETIME_LIBRARY = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 #: Short lease and intervals so liveness tests finish in seconds.
 FAST_LIVENESS = {
@@ -68,7 +70,13 @@ test_database_url.__test__ = False  # type: ignore[attr-defined]
 class WorkerProcess:
     """A ``manage.py pq_worker`` process with its output in a file."""
 
-    def __init__(self, args: list[str], settings: dict[str, Any], database_url: str) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        settings: dict[str, Any],
+        database_url: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - open for the process's life
             prefix="pq-worker-", suffix=".log", delete=False
         )
@@ -78,6 +86,7 @@ class WorkerProcess:
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             "PYTHONPATH": str(REPO),
             "DJANGO_PQ_TEST_SETTINGS": json.dumps(settings),
+            **(env or {}),
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "django", "pq_worker", "-v", "2", *args],
@@ -115,8 +124,10 @@ def start_worker(transactional_db: None) -> Iterator[Callable[..., WorkerProcess
     started: list[WorkerProcess] = []
     url = test_database_url()
 
-    def start(*args: str, settings: dict[str, Any] | None = None) -> WorkerProcess:
-        worker = WorkerProcess(list(args), {**FAST_LIVENESS, **(settings or {})}, url)
+    def start(
+        *args: str, settings: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        worker = WorkerProcess(list(args), {**FAST_LIVENESS, **(settings or {})}, url, env)
         started.append(worker)
         return worker
 

@@ -17,10 +17,10 @@ from django.test import override_settings
 import django_pq as pq
 from django_pq.models import Task, Worker
 from django_pq.worker.loop import ExitCode
-from tests.conftest import connect_like_django
+from tests.conftest import connect_like_django, skip_or_fail
 from tests.testapp import tasks
 from tests.testapp.models import RunLog
-from tests.worker.conftest import REPO, pid_alive, run_burst, wait_until
+from tests.worker.conftest import FAKETIME_LIBRARY, REPO, pid_alive, run_burst, wait_until
 
 
 def status_of(task: Task) -> str:
@@ -81,17 +81,51 @@ def test_any_channel_the_setting_admits_wakes_the_worker(start_worker, channel):
     )
 
 
+def ran_when_due(task: Task, worker, timeout: float) -> None:
+    """Wait until the future ``task`` has completed, and check it did not start early."""
+    wait_until(
+        lambda: status_of(task) == "completed",
+        timeout,
+        lambda: f"task {task.id} to run when due; the worker's log:\n{worker.output()}",
+    )
+    task.refresh_from_db()
+    assert task.started_at >= task.run_at
+
+
 def test_future_task_runs_when_due_without_a_poll(start_worker):
     worker = start_worker("--poll-interval", "600", settings=SLOW_HEARTBEAT)
     settled(worker)
     task = pq.enqueue(tasks.add, 1, 1, run_at=dt.timedelta(seconds=1))
-    wait_until(
-        lambda: status_of(task) == "completed",
-        10,
-        lambda: f"the delayed task to run; the worker's log:\n{worker.output()}",
-    )
-    task.refresh_from_db()
-    assert task.started_at >= task.run_at
+    ran_when_due(task, worker, 10)
+
+
+def test_a_future_task_runs_when_due_after_the_worker_clock_jumps_ahead(start_worker, tmp_path):
+    # The worker sets a future task's timer by its wall clock, corrected by the offset its
+    # last heartbeat measured. Here the clock jumps 2 s ahead after that measurement, so the
+    # timer comes 2 s early: the database must have the last word, or the claim finds
+    # nothing due and the task waits for the next heartbeat (ten minutes here).
+    if not FAKETIME_LIBRARY.exists():
+        skip_or_fail(f"libfaketime is missing ({FAKETIME_LIBRARY}): apt-get install faketime")
+    clock = tmp_path / "clock"
+
+    def set_clock(offset: str) -> None:
+        # Replaced, never rewritten in place: libfaketime rereads the file on every call
+        # and must not see it empty.
+        (tmp_path / "clock.new").write_text(f"{offset}\n")
+        (tmp_path / "clock.new").replace(clock)
+
+    set_clock("+0")
+    faked_wall_clock = {
+        "LD_PRELOAD": str(FAKETIME_LIBRARY),
+        "FAKETIME_TIMESTAMP_FILE": str(clock),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    worker = start_worker("--poll-interval", "600", settings=SLOW_HEARTBEAT, env=faked_wall_clock)
+    settled(worker)
+    set_clock("+2")
+    task = pq.enqueue(tasks.add, 1, 1, run_at=dt.timedelta(seconds=3))
+    ran_when_due(task, worker, 15)
 
 
 def test_future_tasks_sent_together_each_run_when_due_without_a_poll(start_worker):
@@ -106,13 +140,7 @@ def test_future_tasks_sent_together_each_run_when_due_without_a_poll(start_worke
         ]
     )
     for task in (sooner, later):
-        wait_until(
-            lambda task=task: status_of(task) == "completed",
-            10,
-            lambda: f"both delayed tasks to run; the worker's log:\n{worker.output()}",
-        )
-        task.refresh_from_db()
-        assert task.started_at >= task.run_at
+        ran_when_due(task, worker, 10)
 
 
 def test_without_listen_the_worker_polls(start_worker):
