@@ -174,6 +174,30 @@ def test_compare_renders_ratios_and_targets() -> None:
     assert "finished rows within 10% of empty | 230.0/s (-4%) | met |" in page
 
 
+def test_before_and_after_report_orients_ratios_so_above_one_is_better() -> None:
+    spec = importlib.util.spec_from_file_location("bench_ab", REPO / "benchmarks/ab.py")
+    assert spec is not None and spec.loader is not None
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+
+    def side(drain: float, cpu: float, p50: float) -> dict[str, list[dict[str, float]]]:
+        return {
+            "drain": [{"per_second": drain, "cpu_ms_per_task": cpu}] * 3,
+            "latency": [{"p50_ms": p50, "p95_ms": p50 * 2}] * 3,
+            "enqueue": [{"single_per_second": 100.0, "bulk_per_second": 1000.0}] * 3,
+        }
+
+    page = ab.report(
+        {"before": side(100, 10, 8), "after": side(110, 8, 4)},
+        {"before": "abc1234", "after": "work tree"},
+    )
+    rows = {line.split(" | ")[0].strip("| "): line for line in page.splitlines()}
+    assert rows["Drain, 2,000 no-op tasks, concurrency 2 (tasks/s)"].endswith("| 1.10x |")
+    assert rows["worker CPU per task, incl. start-up (ms)"].endswith("| 1.25x |")  # 10 / 8
+    assert rows["Pickup latency at idle, p50 (ms)"].endswith("| 2.00x |")  # 8 / 4
+    assert "before (abc1234)" in page
+
+
 @pytest.mark.slow
 @needs_psql
 def test_compare_quick_run_of_django_pq(tmp_path: Path, transactional_db: None) -> None:
