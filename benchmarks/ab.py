@@ -58,8 +58,15 @@ def checkout(revision: str, into: Path) -> Path:
 def driver(tree: Path, url: str, *args: str) -> dict[str, Any]:
     """Run one workload of the driver with ``tree``'s django-pq; its JSON result."""
     env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(tree)}
+    # In the tree: its workers run ``python -m django``, which puts the working directory
+    # first on the path, and it must not be another checkout.
     done = subprocess.run(
-        [sys.executable, str(DRIVER), *args], env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, str(DRIVER), *args],
+        env=env,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if done.returncode != 0:
         raise SystemExit(f"{tree}: {' '.join(args)} failed:\n{done.stderr[-3000:]}")
@@ -71,6 +78,7 @@ def imported_from(tree: Path) -> Path:
     done = subprocess.run(
         [sys.executable, "-c", "import django_pq; print(django_pq.__file__)"],
         env={**os.environ, "PYTHONPATH": str(tree)},
+        cwd=tree,
         capture_output=True,
         text=True,
         check=True,

@@ -599,7 +599,12 @@ DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bench_djpq \\
 # where a worker's time goes, per task and phase
 DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bench_djpq \\
     python benchmarks/profile_worker.py --tasks 2000 --concurrency 2
+# django-pq at two revisions, taking turns (see performance-changes.md)
+python benchmarks/ab.py --before <revision>
 ```
+
+Changes that must not make django-pq slower are measured before and after, side by side:
+see [Changes measured before and after](performance-changes.md).
 """
 
 
