@@ -25,6 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from compare import psql  # the side-by-side benchmark's, beside this script
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DRIVER = HERE / "drivers" / "djpq_driver.py"
@@ -84,10 +86,6 @@ def imported_from(tree: Path) -> Path:
         check=True,
     )
     return Path(done.stdout.strip()).resolve().parent
-
-
-def psql(admin_url: str, statement: str) -> None:
-    subprocess.run(["psql", admin_url, "-qAtc", statement], check=True, capture_output=True)
 
 
 def report(results: dict[str, dict[str, list[dict[str, Any]]]], names: dict[str, str]) -> str:
