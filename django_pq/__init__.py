@@ -23,6 +23,12 @@ _EXPORTS = {
     "unschedule": "django_pq.schedules",
     "pause": "django_pq.schedules",
     "resume": "django_pq.schedules",
+    "task": "django_pq.declared_tasks",
+    "Retry": "django_pq.retry",
+    "RetryLater": "django_pq.retry",
+    "current_task": "django_pq.context",
+    "set_progress": "django_pq.context",
+    "TaskContext": "django_pq.context",
     "periodic": "django_pq.declared",
     "sync_schedules": "django_pq.declared",
     "Priority": "django_pq.models",
@@ -43,7 +49,9 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
+    from django_pq.context import TaskContext, current_task, set_progress
     from django_pq.declared import periodic, sync_schedules
+    from django_pq.declared_tasks import task
     from django_pq.enqueueing import (
         PreparedTask,
         cancel,
@@ -63,6 +71,7 @@ if TYPE_CHECKING:
         UnserializableArgument,
     )
     from django_pq.models import ErrorCode, Periodic, Priority, Status, Task, Worker
+    from django_pq.retry import Retry, RetryLater
     from django_pq.schedules import pause, resume, schedule, unschedule
 
 

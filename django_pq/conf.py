@@ -239,6 +239,17 @@ SETTINGS: tuple[Setting, ...] = (
 
 SETTINGS += (
     Setting(
+        "PQ_DECLARED_TASKS_ONLY",
+        False,
+        _bool,
+        "True or False",
+        "django_pq.E023",
+        "Workers run only declared task functions: @pq.task, @pq.periodic, PQ_SCHEDULES "
+        "and django.tasks' @task. A row naming any other function fails as unknown_task, "
+        "even inside PQ_ALLOWED_MODULES. Recommended: a database writer can then run only "
+        "what the code declared a task.",
+    ),
+    Setting(
         "PQ_SCHEDULES",
         None,
         lambda value: value is None or isinstance(value, list | tuple),
@@ -296,6 +307,7 @@ class PQSettings:
     MAX_MEMORY: float | None
     ERROR_MAX_LENGTH: int
     SCHEDULES: list[dict[str, Any]] | None
+    DECLARED_TASKS_ONLY: bool
 
 
 pq_settings = PQSettings()

@@ -79,6 +79,20 @@ def _from_setting(entry: Any, index: int) -> Declaration:
     return Declaration(func, args, kwargs, options)
 
 
+def declared_paths() -> set[str]:
+    """The ``module:function`` paths of the functions given schedules by ``@pq.periodic``
+    or ``PQ_SCHEDULES``, without importing anything."""
+    paths = {f"{d.func.__module__}:{d.func.__qualname__}" for d in _DECORATED}
+    for entry in getattr(pq_settings, "SCHEDULES", None) or []:
+        if isinstance(entry, dict) and isinstance(entry.get("task"), str):
+            dotted = entry["task"]
+            if ":" not in dotted:
+                module_name, _, attribute = dotted.rpartition(".")
+                dotted = f"{module_name}:{attribute}"
+            paths.add(dotted)
+    return paths
+
+
 def declared_schedules() -> list[Declaration]:
     """Every declared schedule: decorators in the apps' ``tasks`` modules, then the setting."""
     if apps.ready:

@@ -22,8 +22,10 @@ from django.utils import timezone
 
 from django_pq.codec import encode_payload
 from django_pq.conf import pq_settings
+from django_pq.declared_tasks import declared_defaults
 from django_pq.exceptions import DuplicateClientId, TaskRefused
 from django_pq.models import Priority, Task
+from django_pq.retry import Retry
 from django_pq.store import tasks as store
 from django_pq.task_paths import task_path
 from django_pq.timing import EARLIEST_MOMENT, LATEST_MOMENT, MAX_INTEGER
@@ -32,7 +34,15 @@ __all__ = ["PreparedTask", "cancel", "enqueue", "enqueue_many", "prepare", "retr
 
 #: Keyword arguments that ``enqueue``, ``prepare`` and ``upsert`` keep for themselves; every
 #: other keyword argument goes to the task function.
-RESERVED_OPTIONS = ("run_at", "priority", "queue", "client_id", "max_attempts", "max_runtime")
+RESERVED_OPTIONS = (
+    "run_at",
+    "priority",
+    "queue",
+    "client_id",
+    "max_attempts",
+    "max_runtime",
+    "retry",
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class PreparedTask:
     client_id: str | None
     max_attempts: int
     max_runtime: float | None
+    retry_policy: dict[str, Any] | None = None
 
 
 def _check_priority(priority: Any) -> int:
@@ -161,12 +172,52 @@ def _check_run_at(run_at: Any) -> tuple[datetime | None, timedelta | None]:
     return run_at, None
 
 
+def _check_retry(retry: Any) -> Retry | None:
+    if retry is not None and not isinstance(retry, Retry):
+        raise TaskRefused(
+            f"retry must be a pq.Retry policy (e.g. pq.Retry(5, on={{'exception'}})) or None; "
+            f"got {retry!r}."
+        )
+    return retry
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse bad values among enqueue options (``@pq.task`` checks its defaults here)."""
+    if "priority" in options:
+        _check_priority(options["priority"])
+    if options.get("queue") is not None:
+        check_text("queue", options["queue"], 100)
+    if options.get("max_attempts") is not None:
+        check_max_attempts(options["max_attempts"])
+    check_max_runtime(options.get("max_runtime"))
+    retry = _check_retry(options.get("retry"))
+    attempts = options.get("max_attempts")
+    if retry is not None and attempts is not None and attempts != retry.max_attempts:
+        raise TaskRefused(
+            f"max_attempts={attempts!r} contradicts retry={retry!r}, whose first argument "
+            "is the runs allowed; give one of them."
+        )
+
+
+def _max_attempts(declared: dict[str, Any], given: dict[str, Any]) -> int:
+    """The runs allowed: the call's max_attempts or retry policy, then the declared ones."""
+    for options in (given, declared):
+        if options.get("max_attempts") is not None:
+            return check_max_attempts(options["max_attempts"])
+        if options.get("retry") is not None:
+            return int(options["retry"].max_attempts)
+    return check_max_attempts(None)
+
+
 def prepare(func: Callable[..., Any], *args: Any, **kwargs: Any) -> PreparedTask:
     """Validate and encode one task call without writing it; see :func:`enqueue` for options.
 
     Use it to build the list given to :func:`enqueue_many`.
     """
-    options = {name: kwargs.pop(name) for name in RESERVED_OPTIONS if name in kwargs}
+    given = {name: kwargs.pop(name) for name in RESERVED_OPTIONS if name in kwargs}
+    check_options(given)
+    declared = declared_defaults(func)
+    options = {**declared, **given}
     run_at, delay = _check_run_at(options.get("run_at"))
     client_id = options.get("client_id")
     queue = options.get("queue")
@@ -180,8 +231,9 @@ def prepare(func: Callable[..., Any], *args: Any, **kwargs: Any) -> PreparedTask
         run_at=run_at,
         delay=delay,
         client_id=None if client_id is None else check_text("client_id", client_id, 255),
-        max_attempts=check_max_attempts(options.get("max_attempts")),
+        max_attempts=_max_attempts(declared, given),
         max_runtime=check_max_runtime(options.get("max_runtime")),
+        retry_policy=None if options.get("retry") is None else options["retry"].as_json(),
     )
 
 
@@ -189,6 +241,8 @@ def _row_params(prepared: PreparedTask) -> list[Any]:
     """One task's values in ``ROW_COLUMNS`` order, the payload as JSON text."""
     params = [getattr(prepared, column) for column in store.ROW_COLUMNS]
     params[store.ROW_COLUMNS.index("payload")] = json.dumps(prepared.payload)
+    if prepared.retry_policy is not None:
+        params[store.ROW_COLUMNS.index("retry_policy")] = json.dumps(prepared.retry_policy)
     return params
 
 
@@ -229,6 +283,11 @@ def enqueue(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Task:
     - ``client_id``: your own unique id; a duplicate raises :class:`DuplicateClientId`.
     - ``max_attempts``: runs allowed (default ``PQ_MAX_ATTEMPTS``, 1: at most once).
     - ``max_runtime``: seconds (or a timedelta) before the worker stops the task.
+    - ``retry``: a :class:`~django_pq.Retry` policy: which ways of dying retry, how often,
+      after what delay. Its first argument is the runs allowed (``max_attempts``).
+
+    A function declared with ``@pq.task(...)`` brings its defaults for these; an option
+    given here wins.
 
     Inside ``transaction.atomic()`` the task exists only if that transaction commits.
     """

@@ -60,7 +60,16 @@ FINISHED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
 
 #: The columns that make up one version of a task: what ``upsert`` replaces, and what it
 #: parks in ``requeue`` while an older version runs.
-VERSION_FIELDS = ("name", "payload", "queue", "priority", "run_at", "max_attempts", "max_runtime")
+VERSION_FIELDS = (
+    "name",
+    "payload",
+    "queue",
+    "priority",
+    "run_at",
+    "max_attempts",
+    "max_runtime",
+    "retry_policy",
+)
 
 
 class ErrorCode(models.TextChoices):
@@ -75,6 +84,8 @@ class ErrorCode(models.TextChoices):
     UNKNOWN_TASK = "unknown_task", _("the task's function is not allowed or does not exist")
     BAD_PAYLOAD = "bad_payload", _("the task's arguments could not be decoded")
     CANCELLED = "cancelled", _("the task was cancelled")
+    RETRY_LATER = "retry_later", _("the task asked to run again later (pq.RetryLater)")
+    RETRY_REFUSED = "retry_refused", _("the task asked to run again past its max_attempts")
 
 
 def _moment_check(field: str, name: str, *, nullable: bool = False) -> models.CheckConstraint:
@@ -179,6 +190,20 @@ class Task(models.Model):
     run_token = models.UUIDField(null=True, blank=True)
     peak_rss = models.BigIntegerField(null=True, blank=True, help_text="Bytes.")
     cpu_seconds = models.FloatField(null=True, blank=True)
+    retry_policy = models.JSONField(
+        null=True, blank=True, help_text="The pq.Retry policy, as the worker applies it."
+    )
+    failure_counts = models.JSONField(
+        null=True, blank=True, help_text="Failed runs so far, by error code."
+    )
+    retry_decision = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="How the last failed run was judged: error code, attempt, rule, next run.",
+    )
+    progress = models.JSONField(
+        null=True, blank=True, help_text="What the running task reported with pq.set_progress()."
+    )
 
     objects = TaskQuerySet.as_manager()
 

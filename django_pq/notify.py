@@ -100,18 +100,19 @@ def column_arrays(rows: Sequence[Any], attributes: Sequence[str]) -> list[list[A
     return [[getattr(row, attribute) for row in rows] for attribute in attributes]
 
 
-def notifying(modifying_sql: str, returning: str) -> str:
+def notifying(modifying_sql: str, returning: str, channel: str = "%s") -> str:
     """Wrap ``INSERT/UPDATE ... `` so the rows it leaves pending NOTIFY, in one statement.
 
-    The wrapped statement must be followed by ``RETURNING <returning>``, which has to
-    include ``status``, ``run_at`` and ``queue``. The channel is the last parameter. One
-    notification per queue carries the earliest ``run_at``, so a worker can both wake for
-    ready work and set its timer for future work.
+        The wrapped statement must be followed by ``RETURNING <returning>``, which has to
+        include ``status``, ``run_at`` and ``queue``. The channel is the last parameter (or the
+    named placeholder ``channel``, for a statement with named parameters). One
+        notification per queue carries the earliest ``run_at``, so a worker can both wake for
+        ready work and set its timer for future work.
     """
     return f"""
         WITH written AS ({modifying_sql} RETURNING {returning}),
         notified AS (
-            SELECT pg_notify(%s, {task_ready_sql("min(run_at)", "queue")})
+            SELECT pg_notify({channel}, {task_ready_sql("min(run_at)", "queue")})
             FROM written WHERE status = 'pending' GROUP BY queue
         )
         SELECT * FROM written WHERE (SELECT count(*) FROM notified) >= 0

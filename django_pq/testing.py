@@ -273,7 +273,9 @@ def run_pending_tasks(
     - ``include_scheduled``: also run tasks whose ``run_at`` is in the future.
     - ``max_tasks``: a bound on runs, so a task that enqueues itself cannot loop forever.
 
-    Retries run at once (no backoff delay). Raises :class:`PQError` when ``max_tasks``
+    Retries without a retry policy run at once (no backoff delay); a ``pq.Retry`` policy's
+    delay (and ``pq.RetryLater``'s) puts the next run ahead, so it runs here only with
+    ``include_scheduled=True``. Raises :class:`PQError` when ``max_tasks``
     runs did not empty the queue.
     """
     from django_pq.models import Task
@@ -346,17 +348,20 @@ def _transaction_failed(connection: Any) -> bool:
 def _run_inline(claimed: Claimed, alias: str) -> Outcome:
     from django_pq.worker.child import execute
     from django_pq.worker.children import RunningChild, judge
+    from django_pq.worker.progress import write_on_connection
 
     connection = connections[alias]
+    # Progress goes through the test's connection: a second one would wait on its locks.
+    writer = write_on_connection(alias, claimed.id, claimed.run_token)
     if not connection.in_atomic_block:
-        report = execute(claimed, pq_settings.MAX_MEMORY)
+        report = execute(claimed, pq_settings.MAX_MEMORY, writer)
     else:
         # Inside the test's transaction, the task runs in a savepoint: a task whose own
         # query failed is undone, as its own connection's failure would be in a worker,
         # and leaves the test's transaction usable.
         try:
             with transaction.atomic(using=alias):
-                report = execute(claimed, pq_settings.MAX_MEMORY)
+                report = execute(claimed, pq_settings.MAX_MEMORY, writer)
                 if connection.needs_rollback or _transaction_failed(connection):
                     raise _UndoTask
         except _UndoTask:

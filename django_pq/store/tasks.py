@@ -30,29 +30,32 @@ ROW_COLUMNS = (
     "client_id",
     "max_attempts",
     "max_runtime",
+    "retry_policy",
 )
 
 # Many rows from parallel arrays: one statement of constant text however many it writes.
 _ROWS = """
     SELECT * FROM unnest(
         %s::text[], %s::text[], %s::jsonb[], %s::smallint[], %s::timestamptz[],
-        %s::interval[], %s::text[], %s::integer[], %s::double precision[]
+        %s::interval[], %s::text[], %s::integer[], %s::double precision[], %s::jsonb[]
     ) WITH ORDINALITY
-    AS r(queue, name, payload, priority, run_at, delay, client_id, max_attempts, max_runtime, n)
+    AS r(queue, name, payload, priority, run_at, delay, client_id, max_attempts, max_runtime,
+         retry_policy, n)
 """
 # One row from scalar parameters, which binds faster than one-element arrays.
 _ONE_ROW = """
     SELECT %s::text AS queue, %s::text AS name, %s::jsonb AS payload, %s::smallint AS priority,
         %s::timestamptz AS run_at, %s::interval AS delay, %s::text AS client_id,
-        %s::integer AS max_attempts, %s::double precision AS max_runtime, 1 AS n
+        %s::integer AS max_attempts, %s::double precision AS max_runtime,
+        %s::jsonb AS retry_policy, 1 AS n
 """
 _INSERT = """
     INSERT INTO pq_tasks AS t (
         queue, name, payload, priority, run_at, client_id, max_attempts, max_runtime,
-        status, attempts, error, error_code, is_cancel_requested
+        retry_policy, status, attempts, error, error_code, is_cancel_requested
     )
     SELECT r.queue, r.name, r.payload, r.priority, COALESCE(r.run_at, now() + r.delay, now()),
-        r.client_id, r.max_attempts, r.max_runtime, 'pending', 0, '', '', false
+        r.client_id, r.max_attempts, r.max_runtime, r.retry_policy, 'pending', 0, '', '', false
     FROM ({rows}) AS r
     ORDER BY r.n
 """
@@ -85,6 +88,9 @@ def _upsert_assignments() -> str:
         "run_token": "NULL",
         "peak_rss": "NULL",
         "cpu_seconds": "NULL",
+        "failure_counts": "NULL",
+        "retry_decision": "NULL",
+        "progress": "NULL",
         "is_cancel_requested": "false",
     }
     assignments += [
@@ -230,3 +236,15 @@ def distinct_names(limit: int) -> list[str]:
     with connections[pq_settings.DATABASE].cursor() as cursor:
         cursor.execute(DISTINCT_NAMES, [limit])
         return [row[0] for row in cursor.fetchall()]
+
+
+SET_PROGRESS = """
+    UPDATE pq_tasks SET progress = %(progress)s::jsonb
+    WHERE id = (SELECT id FROM pq_tasks
+                WHERE id = %(id)s AND run_token = %(run_token)s::uuid AND status = 'running'
+                FOR UPDATE SKIP LOCKED)
+    RETURNING id
+"""
+"""Record a running task's progress (``%(progress)s``, JSON text), fenced by its run
+token; a row locked at this instant (a cancel, a finish) is skipped rather than waited
+for, so a task never blocks on its own progress. Returns the id when it wrote."""

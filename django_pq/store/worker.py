@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from django_pq.conf import LONGEST_LEASE
 from django_pq.models import ErrorCode
 from django_pq.notify import column_arrays, notifying
+from django_pq.retry import WAYS_OF_DYING
 
 
 class ClaimScope(Protocol):
@@ -63,13 +64,18 @@ class Claimed:
     run_token: str
     client_id: str | None
     periodic_id: int | None
+    slot: float | None = None  # the schedule slot, seconds since the epoch
+    #: The run's time limit in seconds, as the parent enforces it (the row's own or the
+    #: worker's); filled in by the parent before the task reaches its child.
+    runtime_limit: float | None = None
 
 
 _CLAIMED_COLUMNS = (
     # The payload as text: decoding hostile JSON (say, nested thousands deep) is the
     # child's job, so it can fail that task alone and never the worker.
     "t.id, t.name, t.payload::text, t.queue, t.priority, t.attempts, t.max_attempts, "
-    "t.max_runtime, t.run_token::text, t.client_id, t.periodic_id"
+    "t.max_runtime, t.run_token::text, t.client_id, t.periodic_id, "
+    "extract(epoch FROM t.slot)::float8"
 )
 
 
@@ -107,7 +113,7 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
             status = 'running', worker_id = %(worker)s, run_token = gen_random_uuid(),
             -- Capped so a hand-written attempts of 2^31-1 cannot fail the whole claim.
             attempts = least(t.attempts, 2147483646) + 1, started_at = now(), finished_at = NULL,
-            is_cancel_requested = false
+            is_cancel_requested = false, progress = NULL
         FROM claimable WHERE t.id = claimable.id
         RETURNING {_CLAIMED_COLUMNS}
     """
@@ -135,37 +141,120 @@ class Outcome:
     result: str | None = None  # JSON text
     peak_rss: int | None = None
     cpu_seconds: float | None = None
-    retry_delay: float = 0.0
+    retry_delay: float = 0.0  # the worker's backoff, for a task without a retry policy
+    #: The exception's class and its bases (``module.QualName``, JSON text), when the task
+    #: raised: what a policy's ``exceptions``/``ignore`` are matched against.
+    exception_types: str | None = None
+    retry_in: float | None = None  # pq.RetryLater's delay
+    count_attempt: bool = True  # pq.RetryLater(count_attempt=...)
 
+
+def _number(json_value: str, ceiling: float = 1e9) -> str:
+    """A JSON number of a row's policy as ``float8``, clamped to [0, ``ceiling``]; NULL
+    when it is missing or not a number. A row may hold any JSON: a hostile or broken
+    policy must decide something, never fail the statement that records a run."""
+    return (
+        f"(CASE WHEN jsonb_typeof({json_value}) = 'number' THEN "
+        f"least(greatest(({json_value})::numeric, 0), {ceiling})::float8 END)"
+    )
+
+
+# The rule that decides a failed run, for a row with a retry policy (``p``). The first
+# that matches wins; only 'retry' retries. Failures of the same way of dying are counted
+# in ``failure_counts``, so ``limits`` hold whatever ``max_attempts`` still allows.
+_POLICY_RULE = f"""
+    CASE
+        WHEN NOT (o.error_code = ANY(%(ways)s)) THEN 'not_retryable'
+        WHEN NOT coalesce(jsonb_typeof(p->'on') = 'array' AND p->'on' ? o.error_code, false)
+            THEN 'not_on'
+        WHEN o.error_code = 'exception' AND coalesce(
+            jsonb_typeof(p->'ignore') = 'array' AND p->'ignore' ?| o.types, false)
+            THEN 'ignored'
+        WHEN o.error_code = 'exception' AND jsonb_typeof(p->'exceptions') = 'array'
+             AND NOT coalesce(p->'exceptions' ?| o.types, false) THEN 'not_listed'
+        WHEN so_far >= {_number("p->'limits'->o.error_code", 2147483647)} THEN 'limit'
+        WHEN t.attempts >= t.max_attempts THEN 'budget'
+        ELSE 'retry'
+    END
+"""
+
+# The n-th retry's delay under a policy: its precomputed table, or exponential backoff,
+# capped, then jittered by up to ``jitter`` of itself either way.
+_POLICY_DELAY = f"""
+    coalesce(
+        CASE WHEN jsonb_typeof(p->'delays') = 'array' THEN coalesce(
+            {_number("p->'delays'->(least(t.attempts, 100000) - 1)")},
+            {_number("p->'delays'->-1")}) END,
+        least(
+            coalesce({_number("p->'max_delay'")}, 3600),
+            coalesce({_number("p->'delay'")}, 1)
+                * power(greatest(coalesce({_number("p->'factor'", 100)}, 2), 1),
+                        least(greatest(t.attempts - 1, 0), 64))
+        )
+    ) * (1 + coalesce({_number("p->'jitter'", 1)}, 0) * (2 * random() - 1))
+"""
 
 # How a run ends, decided per row under its lock: a version parked by upsert() replaces
-# it; a retryable failure with attempts left goes back to pending after its delay;
-# anything else is final.
-_FINISH = """
+# it; a failure its rule retries goes back to pending after its delay; anything else is
+# final. Without a policy a retryable failure with attempts left retries after the
+# worker's backoff (``retry_delay``); pq.RetryLater's own delay, within the attempts.
+_FINISH = f"""
     WITH outcome AS (
-        SELECT * FROM unnest(
-            %s::bigint[], %s::uuid[], %s::text[], %s::text[], %s::text[], %s::jsonb[],
-            %s::bigint[], %s::double precision[], %s::double precision[]
+        SELECT o.*, ARRAY(SELECT jsonb_array_elements_text(
+                   CASE WHEN jsonb_typeof(o.exception_types) = 'array'
+                        THEN o.exception_types ELSE '[]' END)) AS types
+        FROM unnest(
+            %(id)s::bigint[], %(run_token)s::uuid[], %(status)s::text[],
+            %(error_code)s::text[], %(error)s::text[], %(result)s::jsonb[],
+            %(peak_rss)s::bigint[], %(cpu_seconds)s::double precision[],
+            %(retry_delay)s::double precision[], %(exception_types)s::jsonb[],
+            %(retry_in)s::double precision[], %(count_attempt)s::boolean[]
         ) AS o(id, run_token, status, error_code, error, result, peak_rss, cpu_seconds,
-               retry_delay)
+               retry_delay, exception_types, retry_in, count_attempt)
+    ),
+    judged AS (
+        SELECT o.*, t.requeue, t.attempts, t.max_attempts, so_far,
+            CASE
+                WHEN o.status <> 'failed' THEN ''
+                WHEN o.error_code = 'retry_later' THEN
+                    CASE WHEN t.attempts < t.max_attempts OR NOT o.count_attempt
+                         THEN 'retry_later' ELSE 'budget' END
+                WHEN t.retry_policy IS NULL THEN
+                    CASE WHEN NOT (o.error_code = ANY(%(retryable)s)) THEN 'not_retryable'
+                         WHEN t.attempts < t.max_attempts THEN 'retry' ELSE 'budget' END
+                ELSE {_POLICY_RULE}
+            END AS rule,
+            CASE
+                WHEN o.error_code = 'retry_later' THEN o.retry_in
+                WHEN t.retry_policy IS NULL THEN o.retry_delay
+                ELSE {_POLICY_DELAY}
+            END AS wait
+        FROM outcome o
+        JOIN pq_tasks t ON t.id = o.id AND t.run_token = o.run_token AND t.status = 'running'
+        CROSS JOIN LATERAL (SELECT t.retry_policy AS p) AS policy
+        CROSS JOIN LATERAL (SELECT coalesce(
+            {_number("t.failure_counts->o.error_code", 2147483647)}, 0)::integer AS so_far
+        ) AS counted
+        FOR UPDATE OF t
     ),
     decided AS (
-        SELECT o.*, t.requeue,
+        SELECT j.*,
             CASE
-                WHEN t.requeue IS NOT NULL THEN 'parked'
-                WHEN o.status = 'failed' AND o.error_code = ANY(%s)
-                     AND t.attempts < t.max_attempts THEN 'retry'
+                WHEN j.requeue IS NOT NULL THEN 'parked'
+                WHEN j.rule IN ('retry', 'retry_later') THEN 'retry'
                 ELSE 'final'
-            END AS fate
-        FROM outcome o JOIN pq_tasks t
-            ON t.id = o.id AND t.run_token = o.run_token AND t.status = 'running'
-        FOR UPDATE OF t
+            END AS fate,
+            CASE WHEN j.rule IN ('retry', 'retry_later') THEN now() + make_interval(
+                secs => least(greatest(coalesce(j.wait, 0), 0), 315360000)) END AS next_run,
+            CASE WHEN j.error_code = 'retry_later' AND j.rule = 'budget'
+                 THEN 'retry_refused' ELSE j.error_code END AS final_code
+        FROM judged j
     )
     UPDATE pq_tasks t SET
         status = CASE d.fate WHEN 'final' THEN d.status ELSE 'pending' END,
         finished_at = CASE d.fate WHEN 'final' THEN now() END,
         run_at = CASE d.fate
-            WHEN 'retry' THEN now() + make_interval(secs => d.retry_delay)
+            WHEN 'retry' THEN d.next_run
             WHEN 'parked' THEN COALESCE((d.requeue->>'run_at')::timestamptz, now())
             ELSE t.run_at END,
         name = CASE d.fate WHEN 'parked' THEN d.requeue->>'name' ELSE t.name END,
@@ -177,10 +266,29 @@ _FINISH = """
             ELSE t.max_attempts END,
         max_runtime = CASE d.fate WHEN 'parked' THEN (d.requeue->>'max_runtime')::float8
             ELSE t.max_runtime END,
-        attempts = CASE d.fate WHEN 'parked' THEN 0 ELSE t.attempts END,
+        retry_policy = CASE d.fate WHEN 'parked' THEN d.requeue->'retry_policy'
+            ELSE t.retry_policy END,
+        attempts = CASE
+            WHEN d.fate = 'parked' THEN 0
+            WHEN d.rule = 'retry_later' AND NOT d.count_attempt THEN greatest(t.attempts - 1, 0)
+            ELSE t.attempts END,
+        failure_counts = CASE
+            WHEN d.fate = 'parked' THEN NULL
+            WHEN d.status = 'failed' AND d.error_code <> 'retry_later' THEN jsonb_set(
+                CASE WHEN jsonb_typeof(t.failure_counts) = 'object'
+                     THEN t.failure_counts ELSE '{{}}' END,
+                ARRAY[d.error_code], to_jsonb(least(d.so_far, 2147483646) + 1))
+            ELSE t.failure_counts END,
+        retry_decision = CASE
+            WHEN d.fate = 'parked' THEN NULL
+            WHEN d.status = 'failed' THEN jsonb_build_object(
+                'error_code', d.final_code, 'attempt', d.attempts,
+                'max_attempts', d.max_attempts, 'rule', d.rule, 'retry', d.fate = 'retry',
+                'next_run', d.next_run, 'decided_at', now())
+            ELSE t.retry_decision END,
         result = CASE d.fate WHEN 'final' THEN d.result END,
         error = CASE d.fate WHEN 'parked' THEN '' ELSE d.error END,
-        error_code = CASE d.fate WHEN 'parked' THEN '' ELSE d.error_code END,
+        error_code = CASE d.fate WHEN 'parked' THEN '' ELSE d.final_code END,
         run_token = CASE d.fate WHEN 'final' THEN t.run_token END,
         requeue = NULL,
         is_cancel_requested = false,
@@ -189,24 +297,35 @@ _FINISH = """
     FROM decided d WHERE t.id = d.id
 """
 
-FINISH_STATEMENT = notifying(_FINISH, "t.id, t.status, t.run_at, t.queue")
+FINISH_STATEMENT = notifying(_FINISH, "t.id, t.status, t.run_at, t.queue", "%(channel)s")
 """Record finished runs (:func:`finish_params`), each only if its row is still ``running``
 under the run token it was claimed with, and announce the rows that are ready again."""
 
 
-def finish_params(outcomes: list[Outcome], channel: str) -> list[Any]:
-    columns = (
-        "task_id",
-        "run_token",
-        "status",
-        "error_code",
-        "error",
-        "result",
-        "peak_rss",
-        "cpu_seconds",
-        "retry_delay",
-    )
-    return [*column_arrays(outcomes, columns), [str(code) for code in RETRYABLE], channel]
+_OUTCOME_COLUMNS = {
+    "id": "task_id",
+    "run_token": "run_token",
+    "status": "status",
+    "error_code": "error_code",
+    "error": "error",
+    "result": "result",
+    "peak_rss": "peak_rss",
+    "cpu_seconds": "cpu_seconds",
+    "retry_delay": "retry_delay",
+    "exception_types": "exception_types",
+    "retry_in": "retry_in",
+    "count_attempt": "count_attempt",
+}
+
+
+def finish_params(outcomes: list[Outcome], channel: str) -> dict[str, Any]:
+    arrays = column_arrays(outcomes, list(_OUTCOME_COLUMNS.values()))
+    return {
+        **dict(zip(_OUTCOME_COLUMNS, arrays, strict=True)),
+        "retryable": [str(code) for code in RETRYABLE],
+        "ways": list(WAYS_OF_DYING),
+        "channel": channel,
+    }
 
 
 DISCARD_REQUEUE = """

@@ -30,9 +30,14 @@ from django.db import close_old_connections, connections
 
 from django_pq import signals
 from django_pq.codec import decode_payload, encode_value
+from django_pq.conf import pq_settings
+from django_pq.context import ProgressWriter, from_claim, running
+from django_pq.declared_tasks import is_declared
 from django_pq.exceptions import NotATaskFunction, PayloadError
+from django_pq.retry import RetryLater, exception_name
 from django_pq.store.worker import Claimed
 from django_pq.task_paths import _unwrap_task_object, resolve
+from django_pq.worker.progress import OwnConnectionWriter
 from django_pq.worker.report import Report
 
 logger = logging.getLogger("django_pq.worker")
@@ -156,8 +161,16 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def run_task(claimed: Claimed, max_memory_mb: float | None = None) -> Report:
-    """Run the task in this process; return its report (never raises)."""
+def run_task(
+    claimed: Claimed,
+    max_memory_mb: float | None = None,
+    progress_writer: ProgressWriter | None = None,
+) -> Report:
+    """Run the task in this process; return its report (never raises).
+
+    ``progress_writer`` records ``pq.set_progress()``; by default a connection of the
+    child's own (see :mod:`django_pq.worker.progress`).
+    """
     try:
         func = resolve(claimed.name)
     except NotATaskFunction as error:
@@ -167,6 +180,15 @@ def run_task(claimed: Claimed, max_memory_mb: float | None = None) -> Report:
             status="failed",
             error_code="unknown_task",
             error=f"Importing the module of {claimed.name} failed:\n{_describe(error)}",
+        )
+    if pq_settings.DECLARED_TASKS_ONLY and not is_declared(claimed.name, func):
+        return Report(
+            status="failed",
+            error_code="unknown_task",
+            error=(
+                f"{claimed.name} is not a declared task and PQ_DECLARED_TASKS_ONLY is on: "
+                "declare it with @pq.task (or @pq.periodic, or django.tasks' @task)."
+            ),
         )
     try:
         payload = claimed.payload
@@ -181,6 +203,37 @@ def run_task(claimed: Claimed, max_memory_mb: float | None = None) -> Report:
         )
     except PayloadError as error:
         return Report(status="failed", error_code="bad_payload", error=str(error))
+    own_writer = None
+    if progress_writer is None:
+        progress_writer = own_writer = OwnConnectionWriter(claimed.id, claimed.run_token)
+    context = from_claim(
+        task_id=claimed.id,
+        name=claimed.name,
+        attempt=claimed.attempts,
+        max_attempts=claimed.max_attempts,
+        queue=claimed.queue,
+        priority=claimed.priority,
+        client_id=claimed.client_id,
+        periodic_id=claimed.periodic_id,
+        slot=claimed.slot,
+        runtime_limit=claimed.runtime_limit,
+        writer=progress_writer,
+    )
+    try:
+        with running(context):
+            return _run_with_hooks(func, claimed, args, kwargs, max_memory_mb)
+    finally:
+        if own_writer is not None:
+            own_writer.close()
+
+
+def _run_with_hooks(
+    func: Any,
+    claimed: Claimed,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    max_memory_mb: float | None,
+) -> Report:
     run = signals.TaskRun(
         id=claimed.id,
         name=claimed.name,
@@ -210,17 +263,7 @@ def run_task(claimed: Claimed, max_memory_mb: float | None = None) -> Report:
             result=json.dumps(encode_value(result, where="the return value")),
         )
     except BaseException as error:
-        if isinstance(error, MemoryError) and max_memory_mb is not None:
-            report = Report(
-                status="failed",
-                error_code="memory",
-                error=(
-                    f"The task exceeded its memory limit of {max_memory_mb:g} MB "
-                    f"(an allocation failed).\n{_describe(error)}"
-                ),
-            )
-        else:
-            report = Report(status="failed", error_code="exception", error=_describe(error))
+        report = _failure(error, max_memory_mb)
     _send_hook(
         signals.task_finished,
         hook_errors,
@@ -236,10 +279,42 @@ def run_task(claimed: Claimed, max_memory_mb: float | None = None) -> Report:
     return report
 
 
-def execute(claimed: Claimed, max_memory_mb: float | None = None) -> dict[str, Any]:
+def _failure(error: BaseException, max_memory_mb: float | None) -> Report:
+    """The report of a run that raised ``error``."""
+    if isinstance(error, RetryLater):
+        reason = f": {error.reason}" if error.reason else ""
+        return Report(
+            status="failed",
+            error_code="retry_later",
+            error=f"The task asked to run again in {error.delay:g} s{reason}.",
+            retry_in=error.delay,
+            count_attempt=error.count_attempt,
+        )
+    if isinstance(error, MemoryError) and max_memory_mb is not None:
+        return Report(
+            status="failed",
+            error_code="memory",
+            error=(
+                f"The task exceeded its memory limit of {max_memory_mb:g} MB "
+                f"(an allocation failed).\n{_describe(error)}"
+            ),
+        )
+    return Report(
+        status="failed",
+        error_code="exception",
+        error=_describe(error),
+        exception_types=[exception_name(cls) for cls in type(error).__mro__][:1000],
+    )
+
+
+def execute(
+    claimed: Claimed,
+    max_memory_mb: float | None = None,
+    progress_writer: ProgressWriter | None = None,
+) -> dict[str, Any]:
     """:func:`run_task`, its report as the JSON object the pipe carries (for
     ``django_pq.testing``, which runs tasks inline and judges them as the worker does)."""
-    return run_task(claimed, max_memory_mb).as_json()
+    return run_task(claimed, max_memory_mb, progress_writer).as_json()
 
 
 def _describe(error: BaseException) -> str:

@@ -250,7 +250,17 @@ def verdict(
         code = report.error_code or "exception"
         if stop_reason:
             code, error = stop_reason, _bounded(f"{stop_message}\n{error}", error_max_length)
-        return Outcome(status="failed", error_code=code, error=error, **common)
+            return Outcome(status="failed", error_code=code, error=error, **common)
+        types = None if report.exception_types is None else json.dumps(report.exception_types)
+        return Outcome(
+            status="failed",
+            error_code=code,
+            error=error,
+            exception_types=types,
+            retry_in=report.retry_in,
+            count_attempt=report.count_attempt,
+            **common,
+        )
     status = 0 if exit_status is None else exit_status
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)

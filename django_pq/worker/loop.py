@@ -13,6 +13,7 @@ tasks, cancel requests, the next due schedule and the next future task.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import gc
 import logging
@@ -380,6 +381,7 @@ class WorkerLoop:
         # fail that one task and nothing else. That import costs each such child a little;
         # the worker's life is worth more.
         max_runtime = _runtime_limit(task.max_runtime, self.config.max_runtime)
+        task = dataclasses.replace(task, runtime_limit=max_runtime)  # the task's deadline
         idle = next((child for child in self.children.values() if child.is_idle), None)
         if idle is None or not idle.assign(task, max_runtime):
             idle = fork_child(

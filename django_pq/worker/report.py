@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,10 @@ class Report:
     peak_rss: int | None = None
     #: The child exits after this report; False: it waits for another task.
     retiring: bool = True
+    #: The raised exception's class and its bases (``module.QualName``), for retry policies.
+    exception_types: list[str] | None = None
+    retry_in: float | None = None  # pq.RetryLater's delay, in seconds
+    count_attempt: bool = True  # pq.RetryLater(count_attempt=...)
 
     def as_json(self) -> dict[str, Any]:
         """The report as the JSON object the pipe carries."""
@@ -55,8 +60,9 @@ class Report:
                 if not fits(fields[name]):
                     return None
                 values[name] = fields[name]
-        if isinstance(values.get("cpu_seconds"), int):
-            values["cpu_seconds"] = float(values["cpu_seconds"])
+        for name in ("cpu_seconds", "retry_in"):
+            if isinstance(values.get(name), int):
+                values[name] = float(values[name])
         return cls(**values)
 
 
@@ -92,4 +98,18 @@ _FITS: dict[str, Callable[[Any], bool]] = {
     "cpu_seconds": lambda value: value is None or _is_number(value),
     "peak_rss": lambda value: value is None or _is_integer(value),
     "retiring": lambda value: isinstance(value, bool),
+    "exception_types": lambda value: (
+        value is None
+        or (
+            isinstance(value, list)
+            and len(value) <= 1000
+            and all(
+                isinstance(name, str) and _encodable(name) and "\x00" not in name for name in value
+            )
+        )
+    ),
+    "retry_in": lambda value: (
+        value is None or (_is_number(value) and math.isfinite(value) and 0 <= value <= 315360000)
+    ),
+    "count_attempt": lambda value: isinstance(value, bool),
 }
