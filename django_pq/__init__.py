@@ -44,6 +44,7 @@ _EXPORTS = {
     "InvalidSchedule": "django_pq.exceptions",
     "DuplicateClientId": "django_pq.exceptions",
     "PayloadError": "django_pq.exceptions",
+    "TimeLimitExceeded": "django_pq.exceptions",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
         PayloadError,
         PQError,
         TaskRefused,
+        TimeLimitExceeded,
         UnserializableArgument,
     )
     from django_pq.models import ErrorCode, Periodic, Priority, Status, Task, Worker

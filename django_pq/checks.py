@@ -9,6 +9,7 @@ here:
 - ``django_pq.E021``: ``PQ_HEARTBEAT_INTERVAL`` is not below half of ``PQ_LEASE``.
 - ``django_pq.W001``: a ``PQ_*`` setting that django-pq does not know (usually a typo).
 - ``django_pq.W002``: ``PQ_ALLOWED_MODULES`` names a module outside the project.
+- ``django_pq.W003`` (``check --deploy`` only): ``PQ_DECLARED_TASKS_ONLY`` is off.
 
 The checks read ``settings`` when they run, not at import, so ``override_settings`` works.
 None of them opens a database connection.
@@ -201,3 +202,22 @@ def check_allowed_modules_in_project(
             )
         )
     return warnings
+
+
+@register(deploy=True)
+def check_declared_tasks_only(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``django_pq.W003`` (``manage.py check --deploy``): ``PQ_DECLARED_TASKS_ONLY`` is off,
+    so a row may name any function of an allowed module, not only declared tasks."""
+    if not _is_valid("PQ_DECLARED_TASKS_ONLY") or _value(_BY_NAME["PQ_DECLARED_TASKS_ONLY"]):
+        return []
+    return [
+        CheckWarning(
+            "PQ_DECLARED_TASKS_ONLY is off: whoever can write a row to pq_tasks can run any "
+            "function of the allowed modules, not only those declared as tasks.",
+            hint="Declare your task functions with @pq.task (or @pq.periodic, or "
+            "django.tasks' @task) and set PQ_DECLARED_TASKS_ONLY = True.",
+            id="django_pq.W003",
+        )
+    ]

@@ -41,6 +41,7 @@ RESERVED_OPTIONS = (
     "client_id",
     "max_attempts",
     "max_runtime",
+    "soft_runtime",
     "retry",
 )
 
@@ -58,6 +59,7 @@ class PreparedTask:
     client_id: str | None
     max_attempts: int
     max_runtime: float | None
+    soft_runtime: float | None = None
     retry_policy: dict[str, Any] | None = None
 
 
@@ -121,7 +123,7 @@ def check_moment(option: str, moment: datetime | None, given: Any) -> None:
         )
 
 
-def check_max_runtime(max_runtime: Any) -> float | None:
+def check_max_runtime(max_runtime: Any, option: str = "max_runtime") -> float | None:
     """Seconds a run may last (a positive finite number or a timedelta), or None."""
     if max_runtime is None:
         return None
@@ -133,10 +135,21 @@ def check_max_runtime(max_runtime: Any) -> float | None:
         or seconds <= 0
     ):
         raise TaskRefused(
-            "max_runtime must be a positive number of seconds or a timedelta; "
+            f"{option} must be a positive number of seconds or a timedelta; "
             f"got {max_runtime!r}. Leave it as None for no limit of the task's own."
         )
     return float(seconds)
+
+
+def _check_soft_runtime(soft_runtime: Any, max_runtime: float | None) -> float | None:
+    """Seconds before the task is told to stop (pq.TimeLimitExceeded): below max_runtime."""
+    soft = check_max_runtime(soft_runtime, "soft_runtime")
+    if soft is not None and max_runtime is not None and soft >= max_runtime:
+        raise TaskRefused(
+            f"soft_runtime ({soft:g} s) must be below max_runtime ({max_runtime:g} s): the "
+            "soft limit warns the task, and the hard one then stops it."
+        )
+    return soft
 
 
 def _check_run_at(run_at: Any) -> tuple[datetime | None, timedelta | None]:
@@ -189,7 +202,7 @@ def check_options(options: dict[str, Any]) -> None:
         check_text("queue", options["queue"], 100)
     if options.get("max_attempts") is not None:
         check_max_attempts(options["max_attempts"])
-    check_max_runtime(options.get("max_runtime"))
+    _check_soft_runtime(options.get("soft_runtime"), check_max_runtime(options.get("max_runtime")))
     retry = _check_retry(options.get("retry"))
     attempts = options.get("max_attempts")
     if retry is not None and attempts is not None and attempts != retry.max_attempts:
@@ -200,12 +213,16 @@ def check_options(options: dict[str, Any]) -> None:
 
 
 def _max_attempts(declared: dict[str, Any], given: dict[str, Any]) -> int:
-    """The runs allowed: the call's max_attempts or retry policy, then the declared ones."""
-    for options in (given, declared):
-        if options.get("max_attempts") is not None:
-            return check_max_attempts(options["max_attempts"])
-        if options.get("retry") is not None:
-            return int(options["retry"].max_attempts)
+    """The runs allowed: the call's max_attempts or retry policy, then the declared ones
+    (a call's ``retry=None`` drops the declared policy, and its attempts with it)."""
+    if given.get("max_attempts") is not None:
+        return check_max_attempts(given["max_attempts"])
+    if given.get("retry") is not None:
+        return int(given["retry"].max_attempts)
+    if declared.get("max_attempts") is not None:
+        return check_max_attempts(declared["max_attempts"])
+    if "retry" not in given and declared.get("retry") is not None:
+        return int(declared["retry"].max_attempts)
     return check_max_attempts(None)
 
 
@@ -219,6 +236,7 @@ def prepare(func: Callable[..., Any], *args: Any, **kwargs: Any) -> PreparedTask
     declared = declared_defaults(func)
     options = {**declared, **given}
     run_at, delay = _check_run_at(options.get("run_at"))
+    max_runtime = check_max_runtime(options.get("max_runtime"))
     client_id = options.get("client_id")
     queue = options.get("queue")
     name = task_path(func)
@@ -232,7 +250,8 @@ def prepare(func: Callable[..., Any], *args: Any, **kwargs: Any) -> PreparedTask
         delay=delay,
         client_id=None if client_id is None else check_text("client_id", client_id, 255),
         max_attempts=_max_attempts(declared, given),
-        max_runtime=check_max_runtime(options.get("max_runtime")),
+        max_runtime=max_runtime,
+        soft_runtime=_check_soft_runtime(options.get("soft_runtime"), max_runtime),
         retry_policy=None if options.get("retry") is None else options["retry"].as_json(),
     )
 
@@ -283,6 +302,8 @@ def enqueue(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Task:
     - ``client_id``: your own unique id; a duplicate raises :class:`DuplicateClientId`.
     - ``max_attempts``: runs allowed (default ``PQ_MAX_ATTEMPTS``, 1: at most once).
     - ``max_runtime``: seconds (or a timedelta) before the worker stops the task.
+    - ``soft_runtime``: seconds (or a timedelta), below ``max_runtime``, after which
+      :class:`~django_pq.TimeLimitExceeded` is raised inside the task, so it can clean up.
     - ``retry``: a :class:`~django_pq.Retry` policy: which ways of dying retry, how often,
       after what delay. Its first argument is the runs allowed (``max_attempts``).
 

@@ -51,5 +51,13 @@ class DuplicateClientId(PQError, IntegrityError):
         )
 
 
+class TimeLimitExceeded(PQError):
+    """Raised inside a running task when its ``soft_runtime`` has passed.
+
+    Catch it to clean up and return (or re-raise); left uncaught, the run fails with error
+    code ``soft_timeout``. A task still running at ``max_runtime`` is killed (``timeout``).
+    """
+
+
 class PayloadError(PQError):
     """A stored payload cannot be decoded (malformed, or a pickle with a bad signature)."""

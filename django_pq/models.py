@@ -68,6 +68,7 @@ VERSION_FIELDS = (
     "run_at",
     "max_attempts",
     "max_runtime",
+    "soft_runtime",
     "retry_policy",
 )
 
@@ -77,6 +78,7 @@ class ErrorCode(models.TextChoices):
 
     EXCEPTION = "exception", _("the task raised an exception")
     TIMEOUT = "timeout", _("the task ran past its max_runtime")
+    SOFT_TIMEOUT = "soft_timeout", _("the task did not handle pq.TimeLimitExceeded (soft_runtime)")
     SIGNAL = "signal", _("the task's process was killed by a signal")
     MEMORY = "memory", _("the task exceeded its memory limit")
     WORKER_LOST = "worker_lost", _("the worker running the task died")
@@ -96,11 +98,12 @@ def _moment_check(field: str, name: str, *, nullable: bool = False) -> models.Ch
     return models.CheckConstraint(condition=condition, name=name)
 
 
-def _runtime_check(name: str) -> models.CheckConstraint:
+def _runtime_check(name: str, field: str = "max_runtime") -> models.CheckConstraint:
     """No limit (NULL), or a positive, finite number of seconds. ``'NaN' > 0`` holds in
     Postgres and ``'Infinity'`` is no deadline, so both are kept out by ``< 'Infinity'``."""
     return models.CheckConstraint(
-        condition=Q(max_runtime__isnull=True) | Q(max_runtime__gt=0, max_runtime__lt=float("inf")),
+        condition=Q(**{f"{field}__isnull": True})
+        | Q(**{f"{field}__gt": 0, f"{field}__lt": float("inf")}),
         name=name,
     )
 
@@ -173,6 +176,9 @@ class Task(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=1)
     max_runtime = models.FloatField(null=True, blank=True, help_text="Seconds.")
+    soft_runtime = models.FloatField(
+        null=True, blank=True, help_text="Seconds before pq.TimeLimitExceeded is raised."
+    )
     client_id = models.CharField(max_length=255, null=True, blank=True, unique=True)
     requeue = models.JSONField(
         null=True, blank=True, help_text="A newer version parked by upsert() while this one runs."
@@ -226,6 +232,7 @@ class Task(models.Model):
                 condition=Q(max_attempts__gte=1), name="pq_tasks_max_attempts_min"
             ),
             _runtime_check("pq_tasks_max_runtime_positive"),
+            _runtime_check("pq_tasks_soft_runtime_positive", "soft_runtime"),
             models.CheckConstraint(
                 condition=~Q(status=Status.RUNNING) | Q(run_token__isnull=False),
                 name="pq_tasks_running_has_token",

@@ -22,7 +22,15 @@ __all__ = ["WAYS_OF_DYING", "Retry", "RetryLater"]
 
 #: The error codes a run can end with that a policy may retry: the ways a task dies.
 #: (``unknown_task``, ``bad_payload`` and ``cancelled`` would end the same way again.)
-WAYS_OF_DYING = ("exception", "timeout", "memory", "signal", "worker_lost", "shutdown")
+WAYS_OF_DYING = (
+    "exception",
+    "soft_timeout",
+    "timeout",
+    "memory",
+    "signal",
+    "worker_lost",
+    "shutdown",
+)
 
 #: Retries after these deaths are capped at this many unless ``limits`` says otherwise:
 #: a task that keeps crashing its process or exhausting memory is a poison task, and

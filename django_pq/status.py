@@ -29,8 +29,23 @@ __all__ = [
     "Snapshot",
     "WorkerSeen",
     "as_json",
+    "progress_fraction",
     "snapshot",
 ]
+
+
+def progress_fraction(done: Any, total: Any) -> str:
+    """ "37/100 (37%)", "37", or "-": a task's progress, from the values the row holds."""
+    if done in (None, ""):
+        return "-"
+    if total in (None, ""):
+        return str(done)[:40]
+    try:
+        share = f" ({float(done) / float(total):.0%})" if float(total) > 0 else ""
+    except (TypeError, ValueError, OverflowError):
+        share = ""
+    return f"{str(done)[:40]}/{str(total)[:40]}{share}"
+
 
 #: Seconds of finished history the duration and outcome figures look back over.
 DURATION_WINDOW = 3600.0

@@ -20,6 +20,7 @@ from django.utils.safestring import SafeString
 
 from django_pq.codec import decode_payload, decode_value
 from django_pq.exceptions import PayloadError
+from django_pq.status import progress_fraction
 
 
 def status_badge(status: str, label: str) -> SafeString:
@@ -73,6 +74,37 @@ def human_bytes(size: int | None) -> str:
 def readable_json(data: Any) -> str:
     """Stored JSON as indented text, exactly as it is stored (tags included)."""
     return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True)
+
+
+def readable_optional_json(data: Any) -> str:
+    """Indented JSON, or "" for no value."""
+    return "" if data is None else readable_json(data)
+
+
+def readable_progress(progress: Any) -> str:
+    """A task's progress as a person reads it, whatever JSON the row holds."""
+    if progress is None:
+        return ""
+    if not isinstance(progress, dict):
+        return readable_json(progress)
+    line = progress_fraction(progress.get("done"), progress.get("total"))
+    message = progress.get("message")
+    return f"{line}: {message}" if isinstance(message, str) and message else line
+
+
+def readable_decision(decision: Any) -> str:
+    """How a failed run was judged ("exception at attempt 1 of 3: rule 'retry', next run
+    at ..."), whatever JSON the row holds."""
+    if decision is None:
+        return ""
+    if not isinstance(decision, dict):
+        return readable_json(decision)
+    summary = (
+        f"{decision.get('error_code', '?')} at attempt {decision.get('attempt', '?')} of "
+        f"{decision.get('max_attempts', '?')}: rule {decision.get('rule', '?')!r}, "
+        + (f"retried, next run at {decision.get('next_run')}" if decision.get("retry") else "final")
+    )
+    return f"{summary}\n{readable_json(decision)}"
 
 
 def readable_call(payload: Any) -> str:

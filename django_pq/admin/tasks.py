@@ -6,6 +6,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import Q, QuerySet
+from django.db.models.fields.json import KeyTextTransform
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -46,7 +47,15 @@ HISTORY_LENGTH = 10
 
 #: The JSON columns: read only on a task's page, where they are shown. The list never shows
 #: them, and one value nested deeper than Python's parser goes must not stop the list.
-JSON_FIELDS = ("payload", "result", "requeue")
+JSON_FIELDS = (
+    "payload",
+    "result",
+    "requeue",
+    "retry_policy",
+    "failure_counts",
+    "retry_decision",
+    "progress",
+)
 
 
 @admin.register(Task)
@@ -61,6 +70,7 @@ class TaskAdmin(TaskModelAdmin):
         "priority_label",
         "run_at",
         "attempts_of_max",
+        "progress_short",
         "duration",
         "worker_short",
     ]
@@ -104,7 +114,12 @@ class TaskAdmin(TaskModelAdmin):
             },
         ),
         ("Arguments and result", {"fields": ["arguments", "result_text", "parked_version"]}),
+        ("Progress", {"fields": ["progress_text"]}),
         ("Error", {"fields": ["error_code", "error_text"]}),
+        (
+            "Retries",
+            {"fields": ["retry_decision_text", "failure_counts_text", "retry_policy_text"]},
+        ),
         (
             "Timings",
             {
@@ -116,6 +131,7 @@ class TaskAdmin(TaskModelAdmin):
                     "duration",
                     "attempts_of_max",
                     "max_runtime_text",
+                    "soft_runtime_text",
                 ]
             },
         ),
@@ -157,7 +173,17 @@ class TaskAdmin(TaskModelAdmin):
         return has_pq_perm(request, RUN_TASK_NOW)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
-        return super().get_queryset(request).defer(*JSON_FIELDS)
+        # The list shows progress from two keys read by the database, never the whole
+        # JSON value (which a row may nest deeper than Python can decode).
+        return (
+            super()
+            .get_queryset(request)
+            .defer(*JSON_FIELDS)
+            .annotate(
+                progress_done=KeyTextTransform("done", "progress"),
+                progress_total=KeyTextTransform("total", "progress"),
+            )
+        )
 
     # -- search: the id and client_id through their unique indexes -----------------------
 
@@ -230,9 +256,39 @@ class TaskAdmin(TaskModelAdmin):
     def error_text(self, task: Task) -> SafeString | str:
         return display.preformatted(task.error) if task.error else "-"
 
+    @admin.display(description="progress")
+    def progress_short(self, task: Task) -> str:
+        return display.progress_fraction(
+            getattr(task, "progress_done", None), getattr(task, "progress_total", None)
+        )
+
+    @admin.display(description="progress")
+    def progress_text(self, task: Task) -> SafeString | str:
+        text = display.stored_json(task, "progress", display.readable_progress)
+        return display.preformatted(text) if text else "-"
+
+    @admin.display(description="last failure judged")
+    def retry_decision_text(self, task: Task) -> SafeString | str:
+        text = display.stored_json(task, "retry_decision", display.readable_decision)
+        return display.preformatted(text) if text else "-"
+
+    @admin.display(description="failures by error code")
+    def failure_counts_text(self, task: Task) -> SafeString | str:
+        text = display.stored_json(task, "failure_counts", display.readable_optional_json)
+        return display.preformatted(text) if text else "-"
+
+    @admin.display(description="retry policy")
+    def retry_policy_text(self, task: Task) -> SafeString | str:
+        text = display.stored_json(task, "retry_policy", display.readable_optional_json)
+        return display.preformatted(text) if text else "none: the worker's retries (PQ_RETRY_DELAY)"
+
     @admin.display(description="max runtime")
     def max_runtime_text(self, task: Task) -> str:
         return display.human_duration(task.max_runtime) if task.max_runtime else "no limit"
+
+    @admin.display(description="soft runtime")
+    def soft_runtime_text(self, task: Task) -> str:
+        return display.human_duration(task.soft_runtime) if task.soft_runtime else "none"
 
     @admin.display(description="peak memory (RSS)")
     def peak_memory(self, task: Task) -> str:

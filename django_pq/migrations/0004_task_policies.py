@@ -1,5 +1,6 @@
 """Task policies: the retry policy a task carries, its failures by way of dying, how its
-last failure was judged, its progress; and the error codes of ``pq.RetryLater``."""
+last failure was judged, its progress and soft time limit; and the error codes of
+``pq.RetryLater`` and ``soft_runtime``."""
 
 from django.db import migrations, models
 
@@ -35,13 +36,22 @@ class Migration(migrations.Migration):
             name='retry_policy',
             field=models.JSONField(blank=True, help_text='The pq.Retry policy, as the worker applies it.', null=True),
         ),
+        migrations.AddField(
+            model_name='task',
+            name='soft_runtime',
+            field=models.FloatField(blank=True, help_text='Seconds before pq.TimeLimitExceeded is raised.', null=True),
+        ),
         migrations.AlterField(
             model_name='task',
             name='error_code',
-            field=models.CharField(blank=True, choices=[('exception', 'the task raised an exception'), ('timeout', 'the task ran past its max_runtime'), ('signal', "the task's process was killed by a signal"), ('memory', 'the task exceeded its memory limit'), ('worker_lost', 'the worker running the task died'), ('shutdown', 'the worker stopped before the task finished'), ('unknown_task', "the task's function is not allowed or does not exist"), ('bad_payload', "the task's arguments could not be decoded"), ('cancelled', 'the task was cancelled'), ('retry_later', 'the task asked to run again later (pq.RetryLater)'), ('retry_refused', 'the task asked to run again past its max_attempts')], default='', max_length=16),
+            field=models.CharField(blank=True, choices=[('exception', 'the task raised an exception'), ('timeout', 'the task ran past its max_runtime'), ('soft_timeout', 'the task did not handle pq.TimeLimitExceeded (soft_runtime)'), ('signal', "the task's process was killed by a signal"), ('memory', 'the task exceeded its memory limit'), ('worker_lost', 'the worker running the task died'), ('shutdown', 'the worker stopped before the task finished'), ('unknown_task', "the task's function is not allowed or does not exist"), ('bad_payload', "the task's arguments could not be decoded"), ('cancelled', 'the task was cancelled'), ('retry_later', 'the task asked to run again later (pq.RetryLater)'), ('retry_refused', 'the task asked to run again past its max_attempts')], default='', max_length=16),
         ),
         migrations.AddConstraint(
             model_name='task',
-            constraint=models.CheckConstraint(condition=models.Q(('error_code', ''), ('error_code__in', ['exception', 'timeout', 'signal', 'memory', 'worker_lost', 'shutdown', 'unknown_task', 'bad_payload', 'cancelled', 'retry_later', 'retry_refused']), _connector='OR'), name='pq_tasks_error_code_valid'),
+            constraint=models.CheckConstraint(condition=models.Q(('error_code', ''), ('error_code__in', ['exception', 'timeout', 'soft_timeout', 'signal', 'memory', 'worker_lost', 'shutdown', 'unknown_task', 'bad_payload', 'cancelled', 'retry_later', 'retry_refused']), _connector='OR'), name='pq_tasks_error_code_valid'),
+        ),
+        migrations.AddConstraint(
+            model_name='task',
+            constraint=models.CheckConstraint(condition=models.Q(('soft_runtime__isnull', True), models.Q(('soft_runtime__gt', 0), ('soft_runtime__lt', float("inf"))), _connector='OR'), name='pq_tasks_soft_runtime_positive'),
         ),
     ]

@@ -72,7 +72,9 @@ A queue with nothing ready has no row.
 
 RUNNING = """
     SELECT id, name, queue, worker_id::text AS worker_id, attempts AS attempt,
-           coalesce(extract(epoch FROM now() - started_at), 0) AS running_for
+           coalesce(extract(epoch FROM now() - started_at), 0) AS running_for,
+           left(progress->>'done', 40) AS progress_done,
+           left(progress->>'total', 40) AS progress_total
     FROM pq_tasks WHERE status = 'running'
     ORDER BY started_at, id LIMIT %(running_limit)s
 """
@@ -259,6 +261,9 @@ class RunningTask:
     worker_id: str | None
     attempt: int
     running_for: float
+    #: What the task last reported with pq.set_progress(), as the row holds it (text).
+    progress_done: str | None = None
+    progress_total: str | None = None
 
 
 @dataclass(frozen=True)

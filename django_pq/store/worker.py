@@ -41,6 +41,7 @@ class ClaimFilter:
 #: Failures a task with attempts left is retried after. The others would fail again.
 RETRYABLE = [
     ErrorCode.EXCEPTION,
+    ErrorCode.SOFT_TIMEOUT,
     ErrorCode.TIMEOUT,
     ErrorCode.SIGNAL,
     ErrorCode.MEMORY,
@@ -65,6 +66,7 @@ class Claimed:
     client_id: str | None
     periodic_id: int | None
     slot: float | None = None  # the schedule slot, seconds since the epoch
+    soft_runtime: float | None = None
     #: The run's time limit in seconds, as the parent enforces it (the row's own or the
     #: worker's); filled in by the parent before the task reaches its child.
     runtime_limit: float | None = None
@@ -75,7 +77,7 @@ _CLAIMED_COLUMNS = (
     # child's job, so it can fail that task alone and never the worker.
     "t.id, t.name, t.payload::text, t.queue, t.priority, t.attempts, t.max_attempts, "
     "t.max_runtime, t.run_token::text, t.client_id, t.periodic_id, "
-    "extract(epoch FROM t.slot)::float8"
+    "extract(epoch FROM t.slot)::float8, t.soft_runtime"
 )
 
 
@@ -266,6 +268,8 @@ _FINISH = f"""
             ELSE t.max_attempts END,
         max_runtime = CASE d.fate WHEN 'parked' THEN (d.requeue->>'max_runtime')::float8
             ELSE t.max_runtime END,
+        soft_runtime = CASE d.fate WHEN 'parked' THEN (d.requeue->>'soft_runtime')::float8
+            ELSE t.soft_runtime END,
         retry_policy = CASE d.fate WHEN 'parked' THEN d.requeue->'retry_policy'
             ELSE t.retry_policy END,
         attempts = CASE

@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import mmap
 import os
 import random
@@ -33,7 +34,7 @@ from django_pq.codec import decode_payload, encode_value
 from django_pq.conf import pq_settings
 from django_pq.context import ProgressWriter, from_claim, running
 from django_pq.declared_tasks import is_declared
-from django_pq.exceptions import NotATaskFunction, PayloadError
+from django_pq.exceptions import NotATaskFunction, PayloadError, TimeLimitExceeded
 from django_pq.retry import RetryLater, exception_name
 from django_pq.store.worker import Claimed
 from django_pq.task_paths import _unwrap_task_object, resolve
@@ -251,13 +252,14 @@ def _run_with_hooks(
     report: Report
     result: Any = None
     try:
-        if _unwrap_task_object(func) is not func:
-            # A django.tasks Task: its context, and Django's own task signals.
-            from django_pq.backend import run_django_task
+        with _soft_limit(claimed.soft_runtime):
+            if _unwrap_task_object(func) is not func:
+                # A django.tasks Task: its context, and Django's own task signals.
+                from django_pq.backend import run_django_task
 
-            result = run_django_task(func, run, _call)  # type: ignore[arg-type]
-        else:
-            result = _call(func, args, kwargs)
+                result = run_django_task(func, run, _call)  # type: ignore[arg-type]
+            else:
+                result = _call(func, args, kwargs)
         report = Report(
             status="completed",
             result=json.dumps(encode_value(result, where="the return value")),
@@ -279,8 +281,45 @@ def _run_with_hooks(
     return report
 
 
+def _raise_time_limit(signum: int, frame: Any) -> None:
+    raise TimeLimitExceeded(
+        "The task ran past its soft_runtime; it may clean up before max_runtime stops it."
+    )
+
+
+@contextlib.contextmanager
+def _soft_limit(seconds: float | None) -> Any:
+    """Raise :class:`TimeLimitExceeded` in the task's main thread after ``seconds`` (once).
+
+    A real-time interval timer and SIGALRM: the exception surfaces at the next bytecode
+    the main thread runs, in sync code and in an event loop alike. A value a row may hold
+    that is no usable limit (NaN, infinity, zero or below) sets none.
+    """
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGALRM, _raise_time_limit)
+    except ValueError:  # not the main thread (an embedding runner): no soft limit
+        yield
+        return
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _failure(error: BaseException, max_memory_mb: float | None) -> Report:
     """The report of a run that raised ``error``."""
+    if isinstance(error, TimeLimitExceeded):
+        return Report(
+            status="failed",
+            error_code="soft_timeout",
+            error=_describe(error),
+            exception_types=[exception_name(cls) for cls in type(error).__mro__],
+        )
     if isinstance(error, RetryLater):
         reason = f": {error.reason}" if error.reason else ""
         return Report(

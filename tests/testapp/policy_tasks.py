@@ -106,3 +106,48 @@ def report_progress(steps: int, release: str) -> int:
     while not Path(release).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return steps
+
+
+def retry_later_by(seconds: float) -> None:
+    raise pq.RetryLater(delay=seconds, reason="come back later")
+
+
+def count_progress_writes(steps: int) -> tuple[int, float]:
+    """Report ``steps`` steps as fast as it can; return how many writes the context made
+    (its writer, wrapped to count) and the seconds the loop took."""
+    context = pq.current_task()
+    assert context is not None
+    writer = context._writer
+    calls = 0
+
+    def counting(value: dict[str, object]) -> bool:
+        nonlocal calls
+        calls += 1
+        assert writer is not None
+        return writer(value)
+
+    context._writer = counting
+    started = time.monotonic()
+    for done in range(1, steps + 1):
+        pq.set_progress(done, steps)
+    return calls, time.monotonic() - started
+
+
+def bad_progress(args: list[Any]) -> None:
+    pq.set_progress(*args)
+
+
+def soft_limited(mode: str, key: str) -> str:
+    """Run past the soft limit: ``catch`` cleans up and returns, ``ignore`` lets the
+    exception end the run, ``outstay`` catches it and keeps running into the hard limit."""
+    _count_run(key)
+    try:
+        time.sleep(30)
+    except pq.TimeLimitExceeded:
+        RunLog.objects.create(event="soft limit", pid=os.getpid(), value=key)
+        if mode == "ignore":
+            raise
+        if mode == "outstay":
+            time.sleep(30)
+        return "cleaned up"
+    return "slept"

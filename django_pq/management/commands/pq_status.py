@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from django_pq.status import Snapshot, as_json, snapshot
+from django_pq.status import Snapshot, as_json, progress_fraction, snapshot
 
 #: Exit code when no worker holds a live lease.
 NO_LIVE_WORKER = 1
@@ -68,9 +68,17 @@ def render(state: Snapshot) -> str:
         )
     out += ["", f"Running tasks ({len(state.running)})"]
     out += _table(
-        ["id", "task", "queue", "attempt", "running for", "worker"],
+        ["id", "task", "queue", "attempt", "running for", "progress", "worker"],
         [
-            [str(t.id), t.name, t.queue, str(t.attempt), _age(t.running_for), t.worker_id or "-"]
+            [
+                str(t.id),
+                t.name,
+                t.queue,
+                str(t.attempt),
+                _age(t.running_for),
+                progress_fraction(t.progress_done, t.progress_total),
+                t.worker_id or "-",
+            ]
             for t in state.running
         ],
     )
