@@ -19,7 +19,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: The enqueue options ``@pq.task`` may set defaults for. (``run_at`` and ``client_id``
 #: belong to one call, not to every call of a function.)
-DECLARABLE_OPTIONS = ("queue", "priority", "max_attempts", "max_runtime", "soft_runtime", "retry")
+DECLARABLE_OPTIONS = (
+    "queue",
+    "priority",
+    "max_attempts",
+    "max_runtime",
+    "soft_runtime",
+    "retry",
+    "keep_result",
+)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ RESERVED_OPTIONS = (
     "max_runtime",
     "soft_runtime",
     "retry",
+    "keep_result",
 )
 
 
@@ -61,6 +62,7 @@ class PreparedTask:
     max_runtime: float | None
     soft_runtime: float | None = None
     retry_policy: dict[str, Any] | None = None
+    keep_result: float | None = None
 
 
 def _check_priority(priority: Any) -> int:
@@ -185,6 +187,27 @@ def _check_run_at(run_at: Any) -> tuple[datetime | None, timedelta | None]:
     return run_at, None
 
 
+def _check_keep_result(keep_result: Any) -> float | None:
+    """None (the global retention), False or 0 (keep no result), or seconds to keep the
+    finished row at least, even past ``PQ_RETENTION``."""
+    if keep_result is None:
+        return None
+    if keep_result is False:
+        return 0.0
+    seconds = keep_result.total_seconds() if isinstance(keep_result, timedelta) else keep_result
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
+        raise TaskRefused(
+            "keep_result must be None (PQ_RETENTION applies), False or 0 (keep no result), "
+            f"or seconds (or a timedelta) to keep the finished task; got {keep_result!r}."
+        )
+    return float(seconds)
+
+
 def _check_retry(retry: Any) -> Retry | None:
     if retry is not None and not isinstance(retry, Retry):
         raise TaskRefused(
@@ -203,6 +226,7 @@ def check_options(options: dict[str, Any]) -> None:
     if options.get("max_attempts") is not None:
         check_max_attempts(options["max_attempts"])
     _check_soft_runtime(options.get("soft_runtime"), check_max_runtime(options.get("max_runtime")))
+    _check_keep_result(options.get("keep_result"))
     retry = _check_retry(options.get("retry"))
     attempts = options.get("max_attempts")
     if retry is not None and attempts is not None and attempts != retry.max_attempts:
@@ -253,6 +277,7 @@ def prepare(func: Callable[..., Any], *args: Any, **kwargs: Any) -> PreparedTask
         max_runtime=max_runtime,
         soft_runtime=_check_soft_runtime(options.get("soft_runtime"), max_runtime),
         retry_policy=None if options.get("retry") is None else options["retry"].as_json(),
+        keep_result=_check_keep_result(options.get("keep_result")),
     )
 
 
@@ -304,6 +329,8 @@ def enqueue(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Task:
     - ``max_runtime``: seconds (or a timedelta) before the worker stops the task.
     - ``soft_runtime``: seconds (or a timedelta), below ``max_runtime``, after which
       :class:`~django_pq.TimeLimitExceeded` is raised inside the task, so it can clean up.
+    - ``keep_result``: seconds (or a timedelta) to keep the finished task, its result
+      included, at least, even past ``PQ_RETENTION``; ``False`` or 0 keeps no result.
     - ``retry``: a :class:`~django_pq.Retry` policy: which ways of dying retry, how often,
       after what delay. Its first argument is the runs allowed (``max_attempts``).
 

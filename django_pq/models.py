@@ -70,6 +70,7 @@ VERSION_FIELDS = (
     "max_runtime",
     "soft_runtime",
     "retry_policy",
+    "keep_result",
 )
 
 
@@ -210,6 +211,14 @@ class Task(models.Model):
     progress = models.JSONField(
         null=True, blank=True, help_text="What the running task reported with pq.set_progress()."
     )
+    keep_result = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Seconds to keep the finished row, at least (past PQ_RETENTION); 0: no result.",
+    )
+    is_awaited = models.BooleanField(
+        default=False, db_default=False, help_text="Someone waits on it with task.wait()."
+    )
 
     objects = TaskQuerySet.as_manager()
 
@@ -233,6 +242,11 @@ class Task(models.Model):
             ),
             _runtime_check("pq_tasks_max_runtime_positive"),
             _runtime_check("pq_tasks_soft_runtime_positive", "soft_runtime"),
+            models.CheckConstraint(
+                condition=Q(keep_result__isnull=True)
+                | Q(keep_result__gte=0, keep_result__lt=float("inf")),
+                name="pq_tasks_keep_result_valid",
+            ),
             models.CheckConstraint(
                 condition=~Q(status=Status.RUNNING) | Q(run_token__isnull=False),
                 name="pq_tasks_running_has_token",
@@ -288,6 +302,14 @@ class Task(models.Model):
 
     def decoded_result(self) -> Any:
         return None if self.result is None else decode_value(self.result)
+
+    def wait(self, timeout: float | dt.timedelta = 30.0) -> Task:
+        """Wait until this task has ended; return it refreshed. Raises ``TimeoutError``
+        after ``timeout`` seconds. Woken by a notification when the task ends (for scripts
+        and tests; in a web request, enqueue and return instead)."""
+        from django_pq.waiting import wait_for
+
+        return wait_for(self, timeout)
 
 
 class PeriodicQuerySet(models.QuerySet["Periodic"]):

@@ -100,20 +100,42 @@ def column_arrays(rows: Sequence[Any], attributes: Sequence[str]) -> list[list[A
     return [[getattr(row, attribute) for row in rows] for attribute in attributes]
 
 
-def notifying(modifying_sql: str, returning: str, channel: str = "%s") -> str:
+def notifying(
+    modifying_sql: str, returning: str, channel: str = "%s", finished_channel: str = ""
+) -> str:
     """Wrap ``INSERT/UPDATE ... `` so the rows it leaves pending NOTIFY, in one statement.
 
-        The wrapped statement must be followed by ``RETURNING <returning>``, which has to
-        include ``status``, ``run_at`` and ``queue``. The channel is the last parameter (or the
+    The wrapped statement must be followed by ``RETURNING <returning>``, which has to
+    include ``status``, ``run_at`` and ``queue``. The channel is the last parameter (or the
     named placeholder ``channel``, for a statement with named parameters). One
-        notification per queue carries the earliest ``run_at``, so a worker can both wake for
-        ready work and set its timer for future work.
+    notification per queue carries the earliest ``run_at``, so a worker can both wake for
+    ready work and set its timer for future work.
+
+    With ``finished_channel`` (a placeholder; ``returning`` must then include
+    ``is_awaited``), the ids of finished rows someone waits on (``task.wait()``) are also
+    sent there, comma-separated: a channel no worker listens on, so no worker wakes.
     """
+    finished = ""
+    if finished_channel:
+        finished = f""",
+        finished AS (
+            SELECT pg_notify({finished_channel}, string_agg(id::text, ','))
+            FROM written
+            WHERE is_awaited AND status IN ('completed', 'failed', 'cancelled')
+            HAVING count(*) > 0
+        )"""
+    counted = " AND (SELECT count(*) FROM finished) >= 0" if finished else ""
     return f"""
         WITH written AS ({modifying_sql} RETURNING {returning}),
         notified AS (
             SELECT pg_notify({channel}, {task_ready_sql("min(run_at)", "queue")})
             FROM written WHERE status = 'pending' GROUP BY queue
-        )
-        SELECT * FROM written WHERE (SELECT count(*) FROM notified) >= 0
+        ){finished}
+        SELECT * FROM written WHERE (SELECT count(*) FROM notified) >= 0{counted}
     """
+
+
+def finished_channel(channel: str) -> str:
+    """The channel ``task.wait()`` listens on: the notify channel's, suffixed (kept within
+    Postgres's 63-byte identifiers)."""
+    return f"{channel.encode()[:57].decode(errors='ignore')}_done"

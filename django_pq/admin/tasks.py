@@ -41,6 +41,7 @@ from django_pq.admin.task_actions import (
     run_tasks_now,
 )
 from django_pq.models import Periodic, Status, Task
+from django_pq.status import progress_fraction
 
 #: Runs of the same schedule shown on a periodic task's page.
 HISTORY_LENGTH = 10
@@ -258,7 +259,7 @@ class TaskAdmin(TaskModelAdmin):
 
     @admin.display(description="progress")
     def progress_short(self, task: Task) -> str:
-        return display.progress_fraction(
+        return progress_fraction(
             getattr(task, "progress_done", None), getattr(task, "progress_total", None)
         )
 

@@ -1,6 +1,6 @@
 """Task policies: the retry policy a task carries, its failures by way of dying, how its
-last failure was judged, its progress and soft time limit; and the error codes of
-``pq.RetryLater`` and ``soft_runtime``."""
+last failure was judged, its progress, soft time limit and result retention, whether
+someone waits on it; and the error codes of ``pq.RetryLater`` and ``soft_runtime``."""
 
 from django.db import migrations, models
 
@@ -20,6 +20,16 @@ class Migration(migrations.Migration):
             model_name='task',
             name='failure_counts',
             field=models.JSONField(blank=True, help_text='Failed runs so far, by error code.', null=True),
+        ),
+        migrations.AddField(
+            model_name='task',
+            name='is_awaited',
+            field=models.BooleanField(db_default=False, default=False, help_text='Someone waits on it with task.wait().'),
+        ),
+        migrations.AddField(
+            model_name='task',
+            name='keep_result',
+            field=models.FloatField(blank=True, help_text='Seconds to keep the finished row, at least (past PQ_RETENTION); 0: no result.', null=True),
         ),
         migrations.AddField(
             model_name='task',
@@ -53,5 +63,9 @@ class Migration(migrations.Migration):
         migrations.AddConstraint(
             model_name='task',
             constraint=models.CheckConstraint(condition=models.Q(('soft_runtime__isnull', True), models.Q(('soft_runtime__gt', 0), ('soft_runtime__lt', float("inf"))), _connector='OR'), name='pq_tasks_soft_runtime_positive'),
+        ),
+        migrations.AddConstraint(
+            model_name='task',
+            constraint=models.CheckConstraint(condition=models.Q(('keep_result__isnull', True), models.Q(('keep_result__gte', 0), ('keep_result__lt', float("inf"))), _connector='OR'), name='pq_tasks_keep_result_valid'),
         ),
     ]

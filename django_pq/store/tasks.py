@@ -32,6 +32,7 @@ ROW_COLUMNS = (
     "max_runtime",
     "soft_runtime",
     "retry_policy",
+    "keep_result",
 )
 
 # Many rows from parallel arrays: one statement of constant text however many it writes.
@@ -39,26 +40,28 @@ _ROWS = """
     SELECT * FROM unnest(
         %s::text[], %s::text[], %s::jsonb[], %s::smallint[], %s::timestamptz[],
         %s::interval[], %s::text[], %s::integer[], %s::double precision[],
-        %s::double precision[], %s::jsonb[]
+        %s::double precision[], %s::jsonb[], %s::double precision[]
     ) WITH ORDINALITY
     AS r(queue, name, payload, priority, run_at, delay, client_id, max_attempts, max_runtime,
-         soft_runtime, retry_policy, n)
+         soft_runtime, retry_policy, keep_result, n)
 """
 # One row from scalar parameters, which binds faster than one-element arrays.
 _ONE_ROW = """
     SELECT %s::text AS queue, %s::text AS name, %s::jsonb AS payload, %s::smallint AS priority,
         %s::timestamptz AS run_at, %s::interval AS delay, %s::text AS client_id,
         %s::integer AS max_attempts, %s::double precision AS max_runtime,
-        %s::double precision AS soft_runtime, %s::jsonb AS retry_policy, 1 AS n
+        %s::double precision AS soft_runtime, %s::jsonb AS retry_policy,
+        %s::double precision AS keep_result, 1 AS n
 """
 _INSERT = """
     INSERT INTO pq_tasks AS t (
         queue, name, payload, priority, run_at, client_id, max_attempts, max_runtime,
-        soft_runtime, retry_policy, status, attempts, error, error_code, is_cancel_requested
+        soft_runtime, retry_policy, keep_result, status, attempts, error, error_code,
+        is_cancel_requested
     )
     SELECT r.queue, r.name, r.payload, r.priority, COALESCE(r.run_at, now() + r.delay, now()),
         r.client_id, r.max_attempts, r.max_runtime, r.soft_runtime, r.retry_policy,
-        'pending', 0, '', '', false
+        r.keep_result, 'pending', 0, '', '', false
     FROM ({rows}) AS r
     ORDER BY r.n
 """

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from django_pq.conf import LONGEST_LEASE
 from django_pq.models import ErrorCode
-from django_pq.notify import column_arrays, notifying
+from django_pq.notify import column_arrays, finished_channel, notifying
 from django_pq.retry import WAYS_OF_DYING
 
 
@@ -270,6 +270,8 @@ _FINISH = f"""
             ELSE t.max_runtime END,
         soft_runtime = CASE d.fate WHEN 'parked' THEN (d.requeue->>'soft_runtime')::float8
             ELSE t.soft_runtime END,
+        keep_result = CASE d.fate WHEN 'parked' THEN (d.requeue->>'keep_result')::float8
+            ELSE t.keep_result END,
         retry_policy = CASE d.fate WHEN 'parked' THEN d.requeue->'retry_policy'
             ELSE t.retry_policy END,
         attempts = CASE
@@ -290,7 +292,9 @@ _FINISH = f"""
                 'max_attempts', d.max_attempts, 'rule', d.rule, 'retry', d.fate = 'retry',
                 'next_run', d.next_run, 'decided_at', now())
             ELSE t.retry_decision END,
-        result = CASE d.fate WHEN 'final' THEN d.result END,
+        -- keep_result = 0: the task's result is not kept.
+        result = CASE WHEN d.fate = 'final' AND t.keep_result IS DISTINCT FROM 0
+            THEN d.result END,
         error = CASE d.fate WHEN 'parked' THEN '' ELSE d.error END,
         error_code = CASE d.fate WHEN 'parked' THEN '' ELSE d.final_code END,
         run_token = CASE d.fate WHEN 'final' THEN t.run_token END,
@@ -301,7 +305,12 @@ _FINISH = f"""
     FROM decided d WHERE t.id = d.id
 """
 
-FINISH_STATEMENT = notifying(_FINISH, "t.id, t.status, t.run_at, t.queue", "%(channel)s")
+FINISH_STATEMENT = notifying(
+    _FINISH,
+    "t.id, t.status, t.run_at, t.queue, t.is_awaited",
+    "%(channel)s",
+    finished_channel="%(finished_channel)s",
+)
 """Record finished runs (:func:`finish_params`), each only if its row is still ``running``
 under the run token it was claimed with, and announce the rows that are ready again."""
 
@@ -329,6 +338,7 @@ def finish_params(outcomes: list[Outcome], channel: str) -> dict[str, Any]:
         "retryable": [str(code) for code in RETRYABLE],
         "ways": list(WAYS_OF_DYING),
         "channel": channel,
+        "finished_channel": finished_channel(channel),
     }
 
 
@@ -432,6 +442,9 @@ PRUNE_TASKS = """
         SELECT id FROM pq_tasks
         WHERE status IN ('completed', 'failed', 'cancelled')
           AND finished_at < now() - make_interval(secs => %(retention)s)
+          -- keep_result holds a row past the retention: it goes when its own time is up.
+          AND (keep_result IS NULL OR keep_result = 0
+               OR finished_at < now() - make_interval(secs => least(keep_result, 315360000)))
         LIMIT %(batch)s
         FOR UPDATE SKIP LOCKED
     )

@@ -257,7 +257,7 @@ def _run_with_hooks(
                 # A django.tasks Task: its context, and Django's own task signals.
                 from django_pq.backend import run_django_task
 
-                result = run_django_task(func, run, _call)  # type: ignore[arg-type]
+                result = run_django_task(func, run, _call)
             else:
                 result = _call(func, args, kwargs)
         report = Report(

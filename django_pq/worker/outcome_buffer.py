@@ -56,7 +56,7 @@ class OutcomeBuffer:
         """Wait again with a batch the database did not take, ahead of what came since."""
         self._waiting = batch + self._waiting
 
-    def finish_statement(self, outcomes: list[Outcome]) -> tuple[str, list[Any]]:
+    def finish_statement(self, outcomes: list[Outcome]) -> tuple[str, dict[str, Any]]:
         """The finish statement and its parameters for ``outcomes``."""
         return sql.FINISH_STATEMENT, sql.finish_params(outcomes, self.channel)
 

@@ -62,7 +62,11 @@ def write_on_connection(alias: str, task_id: int, run_token: str) -> Any:
 
     def write(progress: dict[str, object]) -> bool:
         with connections[alias].cursor() as cursor:
-            params = {"progress": json.dumps(progress), "id": task_id, "run_token": run_token}
+            params: dict[str, Any] = {
+                "progress": json.dumps(progress),
+                "id": task_id,
+                "run_token": run_token,
+            }
             cursor.execute(SET_PROGRESS, params)
             return cursor.fetchone() is not None
 

@@ -3,7 +3,6 @@
 from django.db import transaction
 from django.db.models import F
 
-import django_pq as pq
 from shop.models import Order, Product
 from shop.tasks import send_receipt
 
@@ -17,10 +16,6 @@ def place_order(product: Product, quantity: int, email: str) -> Order:
     with transaction.atomic():
         Product.objects.filter(pk=product.pk).update(stock=F("stock") - quantity)
         order = Order.objects.create(product=product, quantity=quantity, email=email)
-        pq.enqueue(
-            send_receipt,
-            order_id=order.pk,
-            priority=pq.Priority.HIGH,
-            client_id=order.receipt_client_id,
-        )
+        # Its priority and retry policy come from @pq.task on send_receipt.
+        send_receipt.enqueue(order_id=order.pk, client_id=order.receipt_client_id)
     return order

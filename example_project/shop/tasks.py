@@ -1,6 +1,8 @@
-"""The shop's background tasks: plain functions that a ``pq_worker`` runs in a child process."""
+"""The shop's background tasks: functions declared with ``@pq.task`` (still plain functions
+you can call), each run by a ``pq_worker`` in a child process of its own."""
 
 import logging
+import time
 from datetime import timedelta
 
 from django.db.models import F
@@ -15,6 +17,14 @@ RESTOCK_BELOW = 5
 RESTOCK_TO = 20
 
 
+# Sending a receipt twice is harmless (it is recorded once, see below), so a run that
+# failed on an exception, or lost its worker, is retried: up to five runs, 2 s, 4 s, 8 s ...
+# apart. A receipt that crashes its process twice is not retried again (the default limit).
+@pq.task(
+    priority=pq.Priority.HIGH,
+    max_runtime=timedelta(minutes=1),
+    retry=pq.Retry(5, on=["exception", "timeout", "worker_lost", "shutdown"], delay=2),
+)
 def send_receipt(order_id: int) -> str:
     """Send the receipt for an order (here: record it and log; no real email leaves)."""
     order = Order.objects.select_related("product").get(pk=order_id)
@@ -28,6 +38,23 @@ def send_receipt(order_id: int) -> str:
         extra={"order_id": order.pk},
     )
     return f"receipt sent to {order.email}"
+
+
+# A slow task that reports how far it got: watch its progress in the admin's task list and
+# on its page (which refreshes while it runs). Run it from the admin ("Run now" on its
+# schedule) or with `sales_report.enqueue()`.
+@pq.periodic(run_every=timedelta(hours=1))
+@pq.task(queue="reports", max_runtime=timedelta(minutes=10), soft_runtime=timedelta(minutes=9))
+def sales_report(seconds_per_product: float = 0.5) -> dict[str, int]:
+    """Units sold per product, one product at a time (slowly, as a real report would)."""
+    products = list(Product.objects.order_by("name"))
+    sold: dict[str, int] = {}
+    for done, product in enumerate(products, 1):
+        units = sum(Order.objects.filter(product=product).values_list("quantity", flat=True))
+        sold[product.name] = units
+        pq.set_progress(done, len(products), f"counted {product.name}")
+        time.sleep(seconds_per_product)
+    return sold
 
 
 # Declared in code: `manage.py pq_sync_schedules` (and every worker on start) creates or

@@ -208,3 +208,67 @@ def test_strict_mode_runs_only_declared_functions(start_worker):
     assert (undeclared.status, undeclared.error_code) == ("failed", "unknown_task")
     assert "PQ_DECLARED_TASKS_ONLY" in undeclared.error
     assert (declared.status, declared.decoded_result()) == ("completed", 7)
+
+
+# -- wait() and keep_result ------------------------------------------------------------
+
+
+def test_wait_returns_the_task_once_a_worker_has_run_it(start_worker):
+    task = pq.enqueue(tasks.add, 2, 3)
+    start_worker("--concurrency", "1")
+    done = task.wait(timeout=30)
+    assert done is task
+    assert (task.status, task.decoded_result()) == ("completed", 5)
+
+
+def test_wait_is_woken_by_the_end_not_by_its_recheck(start_worker, monkeypatch):
+    from django_pq import waiting
+
+    # With a recheck far longer than the test, only the notification can end the wait.
+    monkeypatch.setattr(waiting, "RECHECK_INTERVAL", 600.0)
+    release = Path(tempfile.mkdtemp()) / "release"
+    task = pq.enqueue(tasks.wait_for_file, str(release))
+    worker = start_worker("--concurrency", "1")
+    wait_until(lambda: Task.objects.get(pk=task.pk).status == "running", 30, worker.output)
+    release.touch()
+    assert task.wait(timeout=60).status == "completed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_wait_times_out_on_a_task_that_does_not_end():
+    task = pq.enqueue(tasks.add, 1, 1)  # no worker runs it
+    with pytest.raises(TimeoutError, match=r"has not ended after 0\.2 s"):
+        task.wait(timeout=0.2)
+
+
+@pytest.mark.django_db
+def test_wait_inside_a_transaction_is_refused():
+    from django.db import transaction
+
+    task = pq.enqueue(tasks.add, 1, 1)
+    with transaction.atomic(), pytest.raises(pq.PQError, match="Commit first"):
+        task.wait(timeout=1)
+
+
+def test_keep_result_false_keeps_no_result(start_worker):
+    task = pq.enqueue(tasks.add, 2, 2, keep_result=False)
+    run_burst(start_worker, "--concurrency", "1")
+    task.refresh_from_db()
+    assert (task.status, task.result) == ("completed", None)
+
+
+def test_keep_result_holds_a_task_past_the_retention(start_worker):
+    from django.db import connection
+
+    kept = pq.enqueue(tasks.add, 1, 1, keep_result=3 * 86400)
+    pruned = pq.enqueue(tasks.add, 1, 2)
+    run_burst(start_worker, "--concurrency", "1")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE pq_tasks SET finished_at = now() - interval '2 days' WHERE id = ANY(%s)",
+            [[kept.pk, pruned.pk]],
+        )
+    # A worker with a one-day retention prunes on start.
+    run_burst(start_worker, "--concurrency", "1", settings={"PQ_RETENTION": 86400.0})
+    assert Task.objects.filter(pk=kept.pk).exists()
+    assert not Task.objects.filter(pk=pruned.pk).exists()

@@ -16,7 +16,7 @@ import django_pq as pq
 from django_pq.testing import CapturedTasks, run_pending_tasks
 from shop.models import Order, Product
 from shop.orders import place_order
-from shop.tasks import send_receipt, sync_inventory
+from shop.tasks import sales_report, send_receipt, sync_inventory
 
 pytestmark = pytest.mark.django_db
 
@@ -61,3 +61,23 @@ def test_inventory_sync_in_a_forked_child_like_the_worker(lamp: Product) -> None
     assert (outcome.status, outcome.result) == ("completed", 1)
     lamp.refresh_from_db()
     assert lamp.stock == 20
+
+
+def test_the_sales_report_counts_units_and_reports_its_progress(lamp: Product) -> None:
+    place_order(lamp, 2, "ada@example.com")
+    report = sales_report.enqueue(seconds_per_product=0)
+    outcomes = run_pending_tasks()
+    assert [o.status for o in outcomes] == ["completed", "completed"]
+    report.refresh_from_db()
+    assert report.decoded_result() == {"Lamp": 2}
+    assert report.progress == {"done": 1, "total": 1, "message": "counted Lamp"}
+
+
+def test_a_failed_receipt_is_retried_by_its_policy(lamp: Product) -> None:
+    order = place_order(lamp, 1, "ada@example.com")
+    Order.objects.filter(pk=order.pk).delete()  # the receipt task now raises DoesNotExist
+    [outcome] = run_pending_tasks()
+    assert outcome.status == "pending"  # back in the queue, due after the policy's delay
+    task = pq.Task.objects.get(pk=outcome.id)
+    assert task.retry_decision["rule"] == "retry"
+    assert task.max_attempts == 5
