@@ -28,8 +28,7 @@ from django_pq.codec import encode_payload, encode_value
 from django_pq.conf import pq_settings
 from django_pq.enqueueing import (
     RESERVED_OPTIONS,
-    check_max_attempts,
-    check_max_runtime,
+    check_options,
     enqueue,
     enqueue_many,
     prepare,
@@ -37,6 +36,7 @@ from django_pq.enqueueing import (
 from django_pq.exceptions import NotATaskFunction, PQError, TaskRefused, UnserializableArgument
 from django_pq.models import ErrorCode, Status
 from django_pq.models import Task as TaskRow
+from django_pq.retry import Retry
 from django_pq.signals import TaskRun
 from django_pq.task_paths import resolve
 
@@ -88,7 +88,14 @@ __all__ = [
 ]
 
 #: Options of ``PQTask`` that map onto ``django_pq.enqueue`` options of the same name.
-PQ_TASK_OPTIONS = ("max_attempts", "max_runtime", "client_id")
+PQ_TASK_OPTIONS = (
+    "max_attempts",
+    "max_runtime",
+    "client_id",
+    "soft_runtime",
+    "retry",
+    "keep_result",
+)
 
 
 class TaskRunError(PQError):
@@ -114,13 +121,17 @@ def django_priority(pq_priority: int) -> int:
 class PQTask(Task):  # type: ignore[type-arg]
     """A ``django.tasks`` Task with django-pq's own options.
 
-    Set them on the decorator (``@task(max_attempts=3, max_runtime=60)``, Django >= 6.1 or
-    the backport) or per call with ``.using(...)``. ``None`` means django-pq's default.
+    Set them on the decorator (``@task(max_attempts=3, max_runtime=60,
+    retry=pq.Retry(3, on=["exception"]))``, Django >= 6.1 or the backport) or per call with
+    ``.using(...)``. ``None`` means django-pq's default.
     """
 
     max_attempts: int | None = None
     max_runtime: float | None = None
     client_id: str | None = None
+    soft_runtime: float | None = None
+    retry: Retry | None = None
+    keep_result: float | bool | None = None
 
     def using(
         self,
@@ -132,6 +143,9 @@ class PQTask(Task):  # type: ignore[type-arg]
         max_attempts: int | None = None,
         max_runtime: float | None = None,
         client_id: str | None = None,
+        soft_runtime: float | None = None,
+        retry: Retry | None = None,
+        keep_result: float | bool | None = None,
     ) -> PQTask:
         """A copy with changed defaults; also takes django-pq's options."""
         copy: Any = Task.using(
@@ -143,6 +157,9 @@ class PQTask(Task):  # type: ignore[type-arg]
                 ("max_attempts", max_attempts),
                 ("max_runtime", max_runtime),
                 ("client_id", client_id),
+                ("soft_runtime", soft_runtime),
+                ("retry", retry),
+                ("keep_result", keep_result),
             )
             if value is not None
         }
@@ -221,9 +238,7 @@ class PQBackend(BaseTaskBackend):
         options = _options(task)
         try:
             # The same rules as enqueue()'s, raised as django.tasks' own error type.
-            if options["max_attempts"] is not None:
-                check_max_attempts(options["max_attempts"])
-            check_max_runtime(options["max_runtime"])
+            check_options({k: v for k, v in options.items() if k != "client_id"})
         except TaskRefused as refused:
             raise InvalidTask(str(refused)) from None
 

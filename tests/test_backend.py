@@ -409,3 +409,24 @@ def test_check_needs_postgres(settings: Any) -> None:
 
 def test_check_passes_on_postgres() -> None:
     assert task_backends["default"].check() == []
+
+
+@pytest.mark.django_db
+def test_task_policies_from_using_reach_the_row() -> None:
+    import django_pq as pq
+
+    policy = pq.Retry(3, on=["exception", "worker_lost"], delay=0)
+    declared = pq_task(add.func)
+    result = declared.using(
+        retry=policy, soft_runtime=5, max_runtime=10, keep_result=False
+    ).enqueue(1, 2)
+    row = TaskRow.objects.get(pk=int(result.id))
+    assert (row.max_attempts, row.retry_policy["on"]) == (3, ["exception", "worker_lost"])
+    assert (row.soft_runtime, row.max_runtime, row.keep_result) == (5.0, 10.0, 0.0)
+
+
+def test_bad_task_policies_are_refused_when_the_task_is_defined() -> None:
+    with pytest.raises(Exception, match="retry must be a pq.Retry policy"):
+        pq_task(add.func, retry=3)
+    with pytest.raises(Exception, match="soft_runtime .* must be below max_runtime"):
+        pq_task(add.func, soft_runtime=10, max_runtime=5)
