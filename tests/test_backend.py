@@ -426,7 +426,7 @@ def test_task_policies_from_using_reach_the_row() -> None:
 
 
 def test_bad_task_policies_are_refused_when_the_task_is_defined() -> None:
-    with pytest.raises(Exception, match="retry must be a pq.Retry policy"):
+    with pytest.raises(Exception, match=r"retry must be a pq\.Retry policy"):
         pq_task(add.func, retry=3)
-    with pytest.raises(Exception, match="soft_runtime .* must be below max_runtime"):
+    with pytest.raises(Exception, match=r"soft_runtime .* must be below max_runtime"):
         pq_task(add.func, soft_runtime=10, max_runtime=5)

@@ -214,3 +214,31 @@ def test_the_lists_fit_a_1400_pixel_window(site: Callable[[str], None], browser:
             overflowing[model] = {"page": (page, window), "list": (table, box)}
             screenshot(browser, f"overflow-{model}")
     assert not overflowing, f"lists wider than a {LIST_WIDTH} px window: {overflowing}"
+
+
+def test_a_running_task_s_progress_is_shown_live(
+    site: Callable[[str], None],
+    browser: Any,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    from tests.testapp import policy_tasks
+
+    running = pq.enqueue(policy_tasks.progress_in_steps, str(tmp_path), 3)
+    worker = start_worker("--concurrency", "1", settings=PATIENT)
+    wait_until(lambda: Task.objects.get(pk=running.pk).progress, 30, worker.output)
+    site(reverse("admin:django_pq_task_changelist"))
+    wait_for(browser, lambda d: "1/3 (33%)" in d.page_source)
+    site(reverse("admin:django_pq_task_change", args=[running.pk]))
+    wait_for(browser, lambda d: "step 1 of 3" in d.page_source)
+    screenshot(browser, "task-progress")
+    # The page follows the task by itself: no reload from the test from here on.
+    (tmp_path / "1").touch()
+    wait_for(browser, lambda d: "step 2 of 3" in d.page_source, timeout=30)
+    (tmp_path / "2").touch()
+    (tmp_path / "3").touch()
+    wait_for(
+        browser,
+        lambda d: "completed" in d.page_source and "step 3 of 3" in d.page_source,
+        timeout=30,
+    )

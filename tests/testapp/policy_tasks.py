@@ -151,3 +151,14 @@ def soft_limited(mode: str, key: str) -> str:
             time.sleep(30)
         return "cleaned up"
     return "slept"
+
+
+def progress_in_steps(folder: str, steps: int) -> int:
+    """Report step n, then wait for ``folder/n`` before the next: a test sets the pace."""
+    for done in range(1, steps + 1):
+        pq.set_progress(done, steps, f"step {done} of {steps}")
+        gate = Path(folder) / str(done)
+        deadline = time.monotonic() + 60
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return steps
