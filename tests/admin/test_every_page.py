@@ -142,6 +142,28 @@ def rows() -> Rows:
         middle.pk,
     )
     found.tasks["nested 450 deep"] = middle
+    policies = make_task(Status.RUNNING, worker_id=worker.pk)
+    sql(
+        "UPDATE pq_tasks SET progress = %s::jsonb, retry_decision = %s::jsonb, "
+        "failure_counts = %s::jsonb, retry_policy = %s::jsonb WHERE id = %s",
+        DEEP,
+        DEEP,
+        DEEP,
+        DEEP,
+        policies.pk,
+    )
+    found.tasks["policy columns 10000 deep"] = policies
+    odd = make_task(Status.RUNNING, worker_id=worker.pk)
+    sql(
+        "UPDATE pq_tasks SET progress = %s::jsonb, retry_decision = %s::jsonb, "
+        "failure_counts = %s::jsonb, retry_policy = %s::jsonb WHERE id = %s",
+        '{"done": {"x": [1]}, "total": "<b>many</b>", "message": 5}',
+        '"just text"',
+        "[1, 2]",
+        "42",
+        odd.pk,
+    )
+    found.tasks["policy columns of odd shapes"] = odd
     return found
 
 
