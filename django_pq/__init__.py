@@ -24,8 +24,8 @@ _EXPORTS = {
     "pause": "django_pq.schedules",
     "resume": "django_pq.schedules",
     "task": "django_pq.declared_tasks",
-    "Retry": "django_pq.retry",
-    "RetryLater": "django_pq.retry",
+    "Retry": "django_pq.retry_policy",
+    "RetryLater": "django_pq.retry_policy",
     "current_task": "django_pq.context",
     "set_progress": "django_pq.context",
     "TaskContext": "django_pq.context",
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
         UnserializableArgument,
     )
     from django_pq.models import ErrorCode, Periodic, Priority, Status, Task, Worker
-    from django_pq.retry import Retry, RetryLater
+    from django_pq.retry_policy import Retry, RetryLater
     from django_pq.schedules import pause, resume, schedule, unschedule
 
 

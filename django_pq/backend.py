@@ -36,7 +36,7 @@ from django_pq.enqueueing import (
 from django_pq.exceptions import NotATaskFunction, PQError, TaskRefused, UnserializableArgument
 from django_pq.models import ErrorCode, Status
 from django_pq.models import Task as TaskRow
-from django_pq.retry import Retry
+from django_pq.retry_policy import Retry
 from django_pq.signals import TaskRun
 from django_pq.task_paths import resolve
 

@@ -25,7 +25,7 @@ from django_pq.conf import pq_settings
 from django_pq.declared_tasks import declared_defaults
 from django_pq.exceptions import DuplicateClientId, TaskRefused
 from django_pq.models import Priority, Task
-from django_pq.retry import Retry
+from django_pq.retry_policy import Retry
 from django_pq.store import tasks as store
 from django_pq.task_paths import task_path
 from django_pq.timing import EARLIEST_MOMENT, LATEST_MOMENT, MAX_INTEGER

@@ -19,6 +19,7 @@ from django.db import connections
 from django_pq.conf import pq_settings
 from django_pq.exceptions import PQError, TaskRefused
 from django_pq.notify import finished_channel
+from django_pq.store.tasks import MARK_AWAITED, TASK_STATUS
 
 if TYPE_CHECKING:
     from django_pq.models import Task
@@ -26,11 +27,6 @@ if TYPE_CHECKING:
 #: Seconds between re-reads of the row while no notification comes.
 RECHECK_INTERVAL = 2.0
 
-_MARK = """
-    UPDATE pq_tasks SET is_awaited = true
-    WHERE id = %s AND status IN ('pending', 'running') AND NOT is_awaited
-"""
-_STATUS = "SELECT status FROM pq_tasks WHERE id = %s"
 _FINISHED = ("completed", "failed", "cancelled")
 
 
@@ -58,9 +54,9 @@ def wait_for(task: Task, timeout: float | timedelta) -> Task:
     with psycopg.connect(**params, autocommit=True) as conn:
         channel = finished_channel(pq_settings.NOTIFY_CHANNEL)
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-        conn.execute(_MARK, [task.pk])  # after LISTEN: an end from now on is heard
+        conn.execute(MARK_AWAITED, [task.pk])  # after LISTEN: an end from now on is heard
         while True:
-            row = conn.execute(_STATUS, [task.pk]).fetchone()
+            row = conn.execute(TASK_STATUS, [task.pk]).fetchone()
             if row is None:
                 raise type(task).DoesNotExist(f"Task {task.pk} was deleted while waited on.")
             if row[0] in _FINISHED:

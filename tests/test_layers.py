@@ -18,11 +18,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "django_pq"
 #: Bottom first. A module may import from its own layer and the ones below it only.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("settings and errors", ("conf", "exceptions", "signals")),
-    ("timing, codec, protocol, task paths", ("timing", "codec", "notify", "task_paths")),
+    (
+        "timing, codec, protocol, task paths, a task's own view",
+        ("timing", "codec", "notify", "task_paths", "context", "retry_policy"),
+    ),
     # The data: the ORM's models and the named statements, which use each other's names
     # (a statement returns whole Task rows; Periodic.run_now() runs a statement).
-    ("models and data layer", ("models", "store")),
-    ("enqueueing and schedules", ("enqueueing", "schedules", "declared")),
+    ("models and data layer", ("models", "store", "waiting")),
+    ("enqueueing and schedules", ("enqueueing", "schedules", "declared", "declared_tasks")),
     (
         "worker, admin, backend, commands",
         (

@@ -254,3 +254,14 @@ SET_PROGRESS = """
 """Record a running task's progress (``%(progress)s``, JSON text), fenced by its run
 token; a row locked at this instant (a cancel, a finish) is skipped rather than waited
 for, so a task never blocks on its own progress. Returns the id when it wrote."""
+
+
+MARK_AWAITED = """
+    UPDATE pq_tasks SET is_awaited = true
+    WHERE id = %s AND status IN ('pending', 'running') AND NOT is_awaited
+"""
+"""Mark task ``%s`` as waited on (``task.wait()``): the statements that end it then
+announce its end on the notify channel's ``_done`` sibling."""
+
+TASK_STATUS = "SELECT status FROM pq_tasks WHERE id = %s"
+"""The status of task ``%s`` (no row: it was deleted)."""

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from django_pq.conf import LONGEST_LEASE
 from django_pq.models import ErrorCode
 from django_pq.notify import column_arrays, finished_channel, notifying
-from django_pq.retry import WAYS_OF_DYING
+from django_pq.retry_policy import WAYS_OF_DYING
 
 
 class ClaimScope(Protocol):

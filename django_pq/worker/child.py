@@ -35,7 +35,7 @@ from django_pq.conf import pq_settings
 from django_pq.context import ProgressWriter, from_claim, running
 from django_pq.declared_tasks import is_declared
 from django_pq.exceptions import NotATaskFunction, PayloadError, TimeLimitExceeded
-from django_pq.retry import RetryLater, exception_name
+from django_pq.retry_policy import RetryLater, exception_name
 from django_pq.store.worker import Claimed
 from django_pq.task_paths import _unwrap_task_object, resolve
 from django_pq.worker.progress import OwnConnectionWriter
