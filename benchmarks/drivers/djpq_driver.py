@@ -5,6 +5,8 @@
 
 Its worker is ``pq_worker`` with its defaults (woken by NOTIFY), serving only the
 benchmark's queue; ``BENCH_DJPQ_WORKER_ARGS`` adds flags, e.g. ``--tasks-per-child=100``.
+``BENCH_DJPQ_TASK=declared`` drains ``declared_noop`` (``@pq.task`` with a retry policy)
+instead of the plain ``noop``.
 The benchmark project is ``benchmarks/projects/djpq`` (django-pq and the benchmark's tasks).
 """
 
@@ -29,7 +31,7 @@ django.setup()
 from common import System, main  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
-from projects.djpq.tasks import noop, record_start  # noqa: E402
+from projects.djpq.tasks import declared_noop, noop, record_start  # noqa: E402
 
 from django_pq import enqueue, enqueue_many, prepare  # noqa: E402
 
@@ -37,8 +39,12 @@ from django_pq import enqueue, enqueue_many, prepare  # noqa: E402
 QUEUE = "bench"
 
 
+#: The task the drain runs: the plain function, or the declared one.
+DRAINED = declared_noop if os.environ.get("BENCH_DJPQ_TASK") == "declared" else noop
+
+
 def _insert(count: int) -> None:
-    enqueue_many(prepare(noop, queue=QUEUE) for _ in range(count))
+    enqueue_many(prepare(DRAINED, queue=QUEUE) for _ in range(count))
 
 
 def _drain_state() -> tuple[int, float | None, float | None]:

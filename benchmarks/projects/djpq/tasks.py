@@ -2,6 +2,8 @@
 
 from common import record_start as _record_start
 
+import django_pq as pq
+
 
 def noop() -> None:
     """Does nothing: what is left is the cost of the queue and the fork."""
@@ -10,3 +12,8 @@ def noop() -> None:
 def record_start(path: str, sample: int) -> None:
     """Writes its start time for the latency workload."""
     _record_start(path, sample)
+
+
+@pq.task(queue="bench", retry=pq.Retry(3, on=["exception", "worker_lost"]))
+def declared_noop() -> None:
+    """``noop`` declared with ``@pq.task`` and a retry policy: what declaring costs."""
