@@ -8,12 +8,12 @@ each child runs one task at a time, and the task's own threads and event loop se
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from django_pq.exceptions import TaskRefused
 
@@ -131,38 +131,20 @@ def set_progress(done: float, total: float | None = None, message: str | None = 
     context._progress({"done": done, "total": total, "message": message})
 
 
-def from_claim(
-    *,
-    task_id: int,
-    name: str,
-    attempt: int,
-    max_attempts: int,
-    queue: str,
-    priority: int,
-    client_id: str | None,
-    periodic_id: int | None,
-    slot: float | None,
-    runtime_limit: float | None,
-    writer: ProgressWriter | None,
-) -> TaskContext:
-    """A context for a run that starts now (``slot`` in seconds since the epoch)."""
+def from_claim(claimed: Any, writer: ProgressWriter | None) -> TaskContext:
+    """A context for the run of ``claimed`` (the worker's ``Claimed``) that starts now."""
     now = time.time()
+    slot, limit = claimed.slot, claimed.runtime_limit
     return TaskContext(
-        id=task_id,
-        name=name,
-        attempt=attempt,
-        max_attempts=max_attempts,
-        queue=queue,
-        priority=priority,
-        client_id=client_id,
-        periodic_id=periodic_id,
+        id=claimed.id,
+        name=claimed.name,
+        attempt=claimed.attempts,
+        max_attempts=claimed.max_attempts,
+        queue=claimed.queue,
+        priority=claimed.priority,
+        client_id=claimed.client_id,
+        periodic_id=claimed.periodic_id,
         slot=None if slot is None else datetime.fromtimestamp(slot, UTC),
-        deadline=None
-        if runtime_limit is None
-        else datetime.fromtimestamp(now + runtime_limit, UTC),
+        deadline=None if limit is None else datetime.fromtimestamp(now + limit, UTC),
         _writer=writer,
     )
-
-
-def encode_progress(value: dict[str, object]) -> str:
-    return json.dumps(value)

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from django_pq.codec import encode_payload
 from django_pq.conf import pq_settings
-from django_pq.declared_tasks import declared_defaults
+from django_pq.declared_tasks import DECLARABLE_OPTIONS, declared_defaults
 from django_pq.exceptions import DuplicateClientId, TaskRefused
 from django_pq.models import Priority, Task
 from django_pq.retry_policy import Retry
@@ -34,17 +34,7 @@ __all__ = ["PreparedTask", "cancel", "enqueue", "enqueue_many", "prepare", "retr
 
 #: Keyword arguments that ``enqueue``, ``prepare`` and ``upsert`` keep for themselves; every
 #: other keyword argument goes to the task function.
-RESERVED_OPTIONS = (
-    "run_at",
-    "priority",
-    "queue",
-    "client_id",
-    "max_attempts",
-    "max_runtime",
-    "soft_runtime",
-    "retry",
-    "keep_result",
-)
+RESERVED_OPTIONS = ("run_at", "client_id", *DECLARABLE_OPTIONS)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin
@@ -57,6 +58,14 @@ JSON_FIELDS = (
     "retry_decision",
     "progress",
 )
+
+
+def _json_block(
+    task: Task, field: str, render: Callable[[Any], str], empty: str = "-"
+) -> SafeString | str:
+    """A JSON column of ``task`` rendered for its page, or ``empty`` when it holds nothing."""
+    text = display.stored_json(task, field, render)
+    return display.preformatted(text) if text else empty
 
 
 @admin.register(Task)
@@ -265,23 +274,24 @@ class TaskAdmin(TaskModelAdmin):
 
     @admin.display(description="progress")
     def progress_text(self, task: Task) -> SafeString | str:
-        text = display.stored_json(task, "progress", display.readable_progress)
-        return display.preformatted(text) if text else "-"
+        return _json_block(task, "progress", display.readable_progress)
 
     @admin.display(description="last failure judged")
     def retry_decision_text(self, task: Task) -> SafeString | str:
-        text = display.stored_json(task, "retry_decision", display.readable_decision)
-        return display.preformatted(text) if text else "-"
+        return _json_block(task, "retry_decision", display.readable_decision)
 
     @admin.display(description="failures by error code")
     def failure_counts_text(self, task: Task) -> SafeString | str:
-        text = display.stored_json(task, "failure_counts", display.readable_optional_json)
-        return display.preformatted(text) if text else "-"
+        return _json_block(task, "failure_counts", display.readable_optional_json)
 
     @admin.display(description="retry policy")
     def retry_policy_text(self, task: Task) -> SafeString | str:
-        text = display.stored_json(task, "retry_policy", display.readable_optional_json)
-        return display.preformatted(text) if text else "none: the worker's retries (PQ_RETRY_DELAY)"
+        return _json_block(
+            task,
+            "retry_policy",
+            display.readable_optional_json,
+            empty="none: the worker's retries (PQ_RETRY_DELAY)",
+        )
 
     @admin.display(description="max runtime")
     def max_runtime_text(self, task: Task) -> str:

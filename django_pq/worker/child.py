@@ -207,19 +207,7 @@ def run_task(
     own_writer = None
     if progress_writer is None:
         progress_writer = own_writer = OwnConnectionWriter(claimed.id, claimed.run_token)
-    context = from_claim(
-        task_id=claimed.id,
-        name=claimed.name,
-        attempt=claimed.attempts,
-        max_attempts=claimed.max_attempts,
-        queue=claimed.queue,
-        priority=claimed.priority,
-        client_id=claimed.client_id,
-        periodic_id=claimed.periodic_id,
-        slot=claimed.slot,
-        runtime_limit=claimed.runtime_limit,
-        writer=progress_writer,
-    )
+    context = from_claim(claimed, progress_writer)
     try:
         with running(context):
             return _run_with_hooks(func, claimed, args, kwargs, max_memory_mb)
