@@ -23,9 +23,10 @@ from django_pq.admin.bases import PeriodicModelForm
 from django_pq.admin.display import stored_json
 from django_pq.codec import decode_value, encode_payload
 from django_pq.conf import pq_settings
+from django_pq.declared_tasks import declared_paths
 from django_pq.exceptions import InvalidSchedule, PayloadError, UnserializableArgument
 from django_pq.models import Periodic, Priority
-from django_pq.task_paths import discover_task_functions
+from django_pq.task_paths import discover_task_functions, is_allowed_module
 from django_pq.timing import next_runs, validate_cron, validate_interval, validate_timezone
 
 INTERVAL = "interval"
@@ -42,10 +43,12 @@ PROOF_RUNS = 5
 
 
 def task_choices() -> list[tuple[str, str]]:
-    """The task functions a schedule may name: those discovered in the allowed apps, and
-    any an existing schedule already names (so editing it never loses its task)."""
+    """The task functions a schedule may name: those discovered in the allowed apps, those
+    declared with ``@pq.task`` wherever they live, and any an existing schedule already
+    names (so editing it never loses its task)."""
     named = Periodic.objects.order_by("name").values_list("name", flat=True).distinct()
-    return discover_task_functions(also=named)
+    declared = [path for path in declared_paths() if is_allowed_module(path.partition(":")[0])]
+    return discover_task_functions(also=[*declared, *named])
 
 
 @cache

@@ -51,3 +51,11 @@ def test_functions_named_by_existing_schedules_stay_choosable() -> None:
         "tests.admin.sample_app.tasks:removed_since"
     )
     assert "tests.admin.sample_app.tasks:defined_here" in choices
+
+
+def test_functions_declared_with_pq_task_are_choosable_wherever_they_live() -> None:
+    import tests.testapp.policy_tasks  # noqa: F401 - declared tasks, not in a `tasks` module
+
+    choices = dict(task_choices())
+    assert "tests.testapp.policy_tasks:declared_plain" in choices
+    assert "tests.testapp.policy_tasks:die" not in choices  # not declared, not discovered

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 import django_pq as pq
@@ -132,3 +134,20 @@ def test_backoff_puts_the_retry_ahead_by_the_policy_delay(start_worker):
     assert task.status == "pending"
     wait = (task.run_at - task.started_at).total_seconds()
     assert 599 < wait < 605, wait
+
+
+def test_a_shutdown_is_a_way_of_dying_too(start_worker):
+    # The worker is stopped while the task runs and its drain time runs out: `shutdown`,
+    # which this policy retries, on the next worker.
+    task = pq.enqueue(
+        policy_tasks.die, "timeout", "stopped", 1, retry=pq.Retry(2, on=["shutdown"], delay=0)
+    )
+    first = start_worker("--concurrency", "1", settings={"PQ_DRAIN_TIMEOUT": 0.2})
+    wait_until(lambda: runs("stopped") == 1, 30, first.output)
+    first.signal(signal.SIGTERM)
+    first.wait(30)
+    run_burst(start_worker, "--concurrency", "1")
+    task.refresh_from_db()
+    assert (task.status, runs("stopped")) == ("completed", 2), task.error
+    assert task.retry_decision["error_code"] == "shutdown"
+    assert task.retry_decision["rule"] == "retry"
