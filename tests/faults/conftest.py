@@ -316,22 +316,41 @@ def enqueue_ledger_tasks(
 
 
 def run_helper(target: Target, *args: str, marker: str = "") -> subprocess.Popen[bytes]:
-    """Start ``python -m tests.faults.actors ...`` (producers, staff) against ``target``."""
+    """Start ``python -m tests.faults.actors ...`` (producers, staff) against ``target``.
+
+    Its output goes to files, never a pipe: a producer of 10,000 tasks prints more ids than
+    a pipe holds, and would block on its last line until someone reads it, while a test
+    waits for it to exit (the full-size chaos race did, until its deadline)."""
     env = _django_env(target.url)
     if marker:
         env[MARKER_VARIABLE] = marker
-    return subprocess.Popen(
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - read and closed by helper_output
+    err = tempfile.TemporaryFile()  # noqa: SIM115
+    process = subprocess.Popen(
         [sys.executable, "-m", "tests.faults.actors", *args],
         cwd=REPO,
         env=env,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=out,
+        stderr=err,
     )
+    process.output_files = (out, err)  # type: ignore[attr-defined]
+    return process
+
+
+def helper_output(process: subprocess.Popen[bytes], timeout: float = 600) -> tuple[bytes, bytes]:
+    """Wait for a :func:`run_helper` process; its stdout and stderr."""
+    process.wait(timeout)
+    texts = []
+    for file in process.output_files:  # type: ignore[attr-defined]
+        file.seek(0)
+        texts.append(file.read())
+        file.close()
+    return texts[0], texts[1]
 
 
 def finish_helper(process: subprocess.Popen[bytes], timeout: float = 600) -> dict[str, Any]:
-    out, err = process.communicate(timeout=timeout)
+    out, err = helper_output(process, timeout)
     assert process.returncode == 0, err.decode(errors="replace")[-4000:]
     return json.loads(out.decode().strip().splitlines()[-1])
 

@@ -207,7 +207,7 @@ class Soak:
     # -- the run ------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        from tests.faults.conftest import run_helper, schedule_ledger
+        from tests.faults.conftest import helper_output, run_helper, schedule_ledger
 
         options = self.options
         seconds = options.minutes * 60
@@ -240,7 +240,7 @@ class Soak:
             else:
                 self.inject()
             self.sample_stuck()
-        out, err = producer.communicate(timeout=600)
+        out, err = helper_output(producer)
         if producer.returncode != 0:
             raise RuntimeError(f"the producer failed:\n{err.decode(errors='replace')[-3000:]}")
         produced = json.loads(out.decode().strip().splitlines()[-1])
