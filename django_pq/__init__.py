@@ -29,6 +29,9 @@ _EXPORTS = {
     "current_task": "django_pq.context",
     "set_progress": "django_pq.context",
     "TaskContext": "django_pq.context",
+    "pause_key": "django_pq.limits",
+    "resume_key": "django_pq.limits",
+    "sync_limits": "django_pq.limits",
     "periodic": "django_pq.declared",
     "sync_schedules": "django_pq.declared",
     "Priority": "django_pq.models",
@@ -72,6 +75,7 @@ if TYPE_CHECKING:
         TimeLimitExceeded,
         UnserializableArgument,
     )
+    from django_pq.limits import pause_key, resume_key, sync_limits
     from django_pq.models import ErrorCode, Periodic, Priority, Status, Task, Worker
     from django_pq.retry_policy import Retry, RetryLater
     from django_pq.schedules import pause, resume, schedule, unschedule

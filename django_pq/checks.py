@@ -10,6 +10,9 @@ here:
 - ``django_pq.W001``: a ``PQ_*`` setting that django-pq does not know (usually a typo).
 - ``django_pq.W002``: ``PQ_ALLOWED_MODULES`` names a module outside the project.
 - ``django_pq.W003`` (``check --deploy`` only): ``PQ_DECLARED_TASKS_ONLY`` is off.
+- ``django_pq.E024``: a ``PQ_LIMITS`` entry cannot be enforced (the message names it).
+- ``django_pq.W004``: a ``PQ_LIMITS`` pattern matches no ``limit_key`` a ``@pq.task``
+  declares (while no declared task derives its key from its arguments).
 
 The checks read ``settings`` when they run, not at import, so ``override_settings`` works.
 None of them opens a database connection.
@@ -29,6 +32,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.utils import load_backend
 
 from django_pq.conf import SETTINGS, Setting, heartbeat_fits_lease
+from django_pq.declared_tasks import declared_limit_keys
+from django_pq.flow_limits import InvalidLimit, matches, parse_limits
 from django_pq.task_paths import outside_project
 
 __all__ = [
@@ -220,4 +225,39 @@ def check_declared_tasks_only(
             "django.tasks' @task) and set PQ_DECLARED_TASKS_ONLY = True.",
             id="django_pq.W003",
         )
+    ]
+
+
+@register()
+def check_limits(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """``django_pq.E024``: each ``PQ_LIMITS`` entry must be enforceable; ``django_pq.W004``:
+    a pattern no declared ``limit_key`` matches is probably a typo."""
+    if not _is_valid("PQ_LIMITS"):  # not a dict: check_settings says so
+        return []
+    try:
+        limits = parse_limits(getattr(settings, "PQ_LIMITS", None))
+    except InvalidLimit as error:
+        return [
+            Error(
+                str(error),
+                hint="See docs/how-to/flow-control.md for what a limit takes.",
+                id="django_pq.E024",
+            )
+        ]
+    declared = declared_limit_keys()
+    if declared is None:  # a declared task derives its key: any pattern may match
+        return []
+    return [
+        CheckWarning(
+            f"PQ_LIMITS[{limit.pattern!r}] matches no limit_key declared with @pq.task "
+            f"(declared: {', '.join(map(repr, sorted(declared))) or 'none'}).",
+            hint="Fix the pattern, or, when the keys are given at enqueue "
+            "(pq.enqueue(..., limit_key=...)), silence it: "
+            "SILENCED_SYSTEM_CHECKS = ['django_pq.W004'].",
+            id="django_pq.W004",
+        )
+        for limit in limits
+        if not any(matches(limit.pattern, key) for key in declared)
     ]

@@ -261,6 +261,21 @@ SETTINGS += (
     ),
 )
 
+SETTINGS += (
+    Setting(
+        "PQ_LIMITS",
+        None,
+        lambda value: value is None or isinstance(value, dict),
+        "None or a dict of flow key or pattern to limit",
+        "django_pq.E024",
+        "Flow limits by limit_key or glob pattern, enforced by the claim across all "
+        "workers: {'stripe': {'concurrency': 5, 'rate': '100/m'}, 'customer:*': "
+        "{'ordered': True}}. Options: concurrency, rate ('N/s', 'N/m', 'N/h'), burst, "
+        "ordered, on_failure ('hold' or 'release'). Written to pq_limits by workers on "
+        "start and by pq_limits --sync.",
+    ),
+)
+
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
@@ -298,6 +313,7 @@ class PQSettings:
     LISTEN: bool
     POLL_INTERVAL: float
     LEASE: float
+    LIMITS: dict[str, dict[str, object]] | None
     HEARTBEAT_INTERVAL: float
     RETRY_DELAY: float
     RETRY_MAX_DELAY: float

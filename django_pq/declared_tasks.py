@@ -27,6 +27,8 @@ DECLARABLE_OPTIONS = (
     "soft_runtime",
     "retry",
     "keep_result",
+    "limit_key",
+    "fair_key",
 )
 
 
@@ -51,7 +53,7 @@ def _check_defaults(where: str, defaults: dict[str, Any]) -> dict[str, Any]:
             f"{where} got unknown option(s) {', '.join(map(repr, unknown))}; it takes "
             f"{', '.join(DECLARABLE_OPTIONS)}. (run_at and client_id are given per call.)"
         )
-    check_options(defaults)
+    check_options(defaults, declared=True)
     return dict(defaults)
 
 
@@ -96,6 +98,19 @@ def declared_defaults(func: Any) -> dict[str, Any]:
     """The enqueue defaults ``@pq.task`` declared for ``func`` (empty if none)."""
     declared = getattr(func, "__pq_task__", None)
     return declared.defaults if isinstance(declared, DeclaredTask) else {}
+
+
+def declared_limit_keys() -> set[str] | None:
+    """The ``limit_key`` strings ``@pq.task`` functions declare; None when one derives its
+    key from the call's arguments (then any key may come)."""
+    keys = set()
+    for declared in _DECLARED.values():
+        key = declared.defaults.get("limit_key")
+        if callable(key):
+            return None
+        if key is not None:
+            keys.add(key)
+    return keys
 
 
 def declared_paths() -> list[str]:

@@ -24,6 +24,7 @@ from django_pq.codec import encode_payload
 from django_pq.conf import pq_settings
 from django_pq.declared_tasks import DECLARABLE_OPTIONS, declared_defaults
 from django_pq.exceptions import DuplicateClientId, TaskRefused
+from django_pq.flow_limits import InvalidLimit, check_key
 from django_pq.models import Priority, Task
 from django_pq.retry_policy import Retry
 from django_pq.store import tasks as store
@@ -53,6 +54,8 @@ class PreparedTask:
     soft_runtime: float | None = None
     retry_policy: dict[str, Any] | None = None
     keep_result: float | None = None
+    limit_key: str | None = None
+    fair_key: str | None = None
 
 
 def _check_priority(priority: Any) -> int:
@@ -207,8 +210,32 @@ def _check_retry(retry: Any) -> Retry | None:
     return retry
 
 
-def check_options(options: dict[str, Any]) -> None:
-    """Refuse bad values among enqueue options (``@pq.task`` checks its defaults here)."""
+def _check_key(option: str, key: Any) -> str | None:
+    try:
+        return check_key(option, key)
+    except InvalidLimit as error:
+        raise TaskRefused(str(error)) from None
+
+
+def _derived_key(
+    option: str, func: Callable[..., Any], key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> str | None:
+    """The key ``@pq.task(limit_key=callable)`` derives from the call's arguments."""
+    if not callable(key):
+        return _check_key(option, key)
+    try:
+        derived = key(*args, **kwargs)
+    except Exception as error:
+        raise TaskRefused(
+            f"{task_path(func)}: its declared {option} function raised {error!r} for this "
+            "call; make it accept the task's arguments and return a string or None."
+        ) from error
+    return _check_key(f"{task_path(func)}: the {option} its declared function returned", derived)
+
+
+def check_options(options: dict[str, Any], *, declared: bool = False) -> None:
+    """Refuse bad values among enqueue options (``@pq.task`` checks its defaults here,
+    ``declared``: a flow key may then be a function of the call's arguments)."""
     if "priority" in options:
         _check_priority(options["priority"])
     if options.get("queue") is not None:
@@ -217,6 +244,10 @@ def check_options(options: dict[str, Any]) -> None:
         check_max_attempts(options["max_attempts"])
     _check_soft_runtime(options.get("soft_runtime"), check_max_runtime(options.get("max_runtime")))
     _check_keep_result(options.get("keep_result"))
+    for option in ("limit_key", "fair_key"):
+        # A declared key may be a function of the call's arguments; a given one is a key.
+        if not (declared and callable(options.get(option))):
+            _check_key(option, options.get(option))
     retry = _check_retry(options.get("retry"))
     attempts = options.get("max_attempts")
     if retry is not None and attempts is not None and attempts != retry.max_attempts:
@@ -268,12 +299,15 @@ def prepare(func: Callable[..., Any], *args: Any, **kwargs: Any) -> PreparedTask
         soft_runtime=_check_soft_runtime(options.get("soft_runtime"), max_runtime),
         retry_policy=None if options.get("retry") is None else options["retry"].as_json(),
         keep_result=_check_keep_result(options.get("keep_result")),
+        limit_key=_derived_key("limit_key", func, options.get("limit_key"), args, kwargs),
+        fair_key=_derived_key("fair_key", func, options.get("fair_key"), args, kwargs),
     )
 
 
-def _row_params(prepared: PreparedTask) -> list[Any]:
-    """One task's values in ``ROW_COLUMNS`` order, the payload as JSON text."""
-    params = [getattr(prepared, column) for column in store.ROW_COLUMNS]
+def _row_params(prepared: PreparedTask, fair_turn: int = 1) -> list[Any]:
+    """One task's values in ``ROW_COLUMNS`` order, the payload as JSON text; ``fair_turn``:
+    its place among the batch's tasks of its fair key and priority."""
+    params = [getattr(prepared, column) for column in store.ROW_COLUMNS[:-1]] + [fair_turn]
     params[store.ROW_COLUMNS.index("payload")] = json.dumps(prepared.payload)
     if prepared.retry_policy is not None:
         params[store.ROW_COLUMNS.index("retry_policy")] = json.dumps(prepared.retry_policy)
@@ -282,7 +316,15 @@ def _row_params(prepared: PreparedTask) -> list[Any]:
 
 def _array_params(prepared: list[PreparedTask]) -> list[Any]:
     """The same values as one array per column, for ``INSERT_MANY``."""
-    return [list(column) for column in zip(*map(_row_params, prepared), strict=True)]
+    turns: dict[tuple[str, int], int] = {}
+    rows = []
+    for task in prepared:
+        turn = 1
+        if task.fair_key is not None:
+            place = (task.fair_key, task.priority)
+            turn = turns[place] = turns.get(place, 0) + 1
+        rows.append(_row_params(task, turn))
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def enqueue_many(prepared: Iterable[PreparedTask], *, skip_duplicates: bool = False) -> list[Task]:
@@ -323,6 +365,10 @@ def enqueue(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Task:
       included, at least, even past ``PQ_RETENTION``; ``False`` or 0 keeps no result.
     - ``retry``: a :class:`~django_pq.Retry` policy: which ways of dying retry, how often,
       after what delay. Its first argument is the runs allowed (``max_attempts``).
+    - ``limit_key``: the flow key ``PQ_LIMITS`` applies to (``"stripe"``, ``"customer:42"``):
+      concurrency, rate and order across all workers. A key no limit names runs unlimited.
+    - ``fair_key``: who the task is for (a tenant): tasks of different fair keys are
+      claimed round-robin within a priority, so one key's backlog does not delay another's.
 
     A function declared with ``@pq.task(...)`` brings its defaults for these; an option
     given here wins.

@@ -19,6 +19,7 @@ from django.utils.translation import gettext_lazy as _
 from django_pq.codec import decode_payload, decode_value
 from django_pq.conf import LONGEST_LEASE, pq_settings
 from django_pq.exceptions import InvalidSchedule
+from django_pq.flow_limits import KEY_LENGTH, ON_FAILURE
 from django_pq.store import schedules as store
 from django_pq.task_paths import task_path
 from django_pq.timing import EARLIEST_MOMENT, LATEST_MOMENT, LONGEST_INTERVAL, next_slot
@@ -71,6 +72,8 @@ VERSION_FIELDS = (
     "soft_runtime",
     "retry_policy",
     "keep_result",
+    "limit_key",
+    "fair_key",
 )
 
 
@@ -219,6 +222,22 @@ class Task(models.Model):
     is_awaited = models.BooleanField(
         default=False, db_default=False, help_text="Someone waits on it with task.wait()."
     )
+    # NULL, not "": a key is either given or not, and the partial indexes skip NULLs.
+    limit_key = models.CharField(  # noqa: DJ001
+        max_length=KEY_LENGTH,
+        null=True,
+        blank=True,
+        help_text="The flow key PQ_LIMITS and the admin's limits apply to (e.g. 'stripe').",
+    )
+    fair_key = models.CharField(  # noqa: DJ001
+        max_length=KEY_LENGTH,
+        null=True,
+        blank=True,
+        help_text="Tasks of different fair keys (e.g. tenants) are claimed round-robin.",
+    )
+    # Set by the enqueue statement for a row with a fair_key: its turn among the pending
+    # rows of its priority; 0 for every other row (see store.tasks).
+    fair_rank = models.BigIntegerField(default=0, db_default=0)
 
     objects = TaskQuerySet.as_manager()
 
@@ -263,10 +282,38 @@ class Task(models.Model):
             # of this small, hot index.
             models.Index(
                 models.F("priority").desc(),
+                "fair_rank",
                 "run_at",
                 "id",
-                name="pq_tasks_claim",
+                name="pq_tasks_claim_fair",
                 condition=Q(status="pending"),
+            ),
+            # Flow control: a key's running tasks, its ordered head, its held failures;
+            # a fair key's last turn and the current turn. Rows without keys stay out.
+            models.Index(
+                fields=["limit_key"],
+                name="pq_tasks_limit_running",
+                condition=Q(status="running", limit_key__isnull=False),
+            ),
+            models.Index(
+                fields=["limit_key", "id"],
+                name="pq_tasks_limit_pending",
+                condition=Q(status="pending", limit_key__isnull=False),
+            ),
+            models.Index(
+                fields=["limit_key", "finished_at"],
+                name="pq_tasks_limit_failed",
+                condition=Q(status="failed", limit_key__isnull=False),
+            ),
+            models.Index(
+                fields=["fair_key", "priority", "fair_rank"],
+                name="pq_tasks_fair_last",
+                condition=Q(status="pending", fair_key__isnull=False),
+            ),
+            models.Index(
+                fields=["priority", "fair_rank"],
+                name="pq_tasks_fair_turn",
+                condition=Q(status="pending", fair_key__isnull=False),
             ),
             models.Index(
                 fields=["worker_id"], name="pq_tasks_running", condition=Q(status="running")
@@ -509,3 +556,95 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hostname}:{self.pid}"
+
+
+class Limit(models.Model):
+    """A flow limit on a key or glob pattern: ``pq_limits``. Written from ``PQ_LIMITS`` by
+    workers on start (and ``pq_limits --sync``), or by staff in the admin; the claim reads
+    it every time, so a change applies without a restart."""
+
+    pattern = models.CharField(
+        max_length=KEY_LENGTH,
+        primary_key=True,
+        help_text="A limit_key, or a glob like 'customer:*'.",
+    )
+    like_pattern = models.CharField(max_length=2 * KEY_LENGTH, editable=False)
+    concurrency = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Tasks of one key running at once, at most."
+    )
+    rate = models.CharField(  # noqa: DJ001
+        max_length=32, null=True, blank=True, help_text="Starts per period: '20/s', '100/m'."
+    )
+    per_second = models.FloatField(null=True, blank=True, editable=False)
+    burst = models.FloatField(default=1.0, help_text="Starts the rate may save up.")
+    ordered = models.BooleanField(
+        default=False, help_text="One at a time, in enqueue order (a sequence)."
+    )
+    on_failure = models.CharField(
+        max_length=8,
+        default="hold",
+        choices=[(value, value) for value in ON_FAILURE],
+        help_text="Ordered keys: whether a task that failed for good holds the rest.",
+    )
+    source = models.CharField(max_length=8, default="admin", editable=False)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "pq_limits"
+        ordering = ["pattern"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(concurrency__isnull=True) | Q(concurrency__gte=1),
+                name="pq_limits_concurrency_min",
+            ),
+            models.CheckConstraint(
+                condition=Q(per_second__isnull=True)
+                | Q(per_second__gt=0, per_second__lt=float("inf")),
+                name="pq_limits_rate_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(burst__gt=0, burst__lt=float("inf")), name="pq_limits_burst_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(ordered=False) | Q(concurrency=1), name="pq_limits_ordered_one"
+            ),
+            models.CheckConstraint(
+                condition=Q(on_failure__in=ON_FAILURE), name="pq_limits_on_failure_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.pattern
+
+
+class FlowKey(models.Model):
+    """The claim's state for one ``limit_key``: ``pq_flow_keys``. Created by the first
+    claim that meets the key under a limit; bumped by every claim that starts its tasks."""
+
+    key = models.CharField(max_length=KEY_LENGTH, primary_key=True)
+    # Bumped by each claim that decides about this key: a claim whose snapshot is older
+    # than the row it locked sees a different version, and leaves the key for next round.
+    version = models.BigIntegerField(default=0, db_default=0)
+    tokens = models.FloatField(null=True, blank=True, help_text="Rate tokens left (None: full).")
+    tokens_at = models.DateTimeField(null=True, blank=True)
+    blocked_until = models.DateTimeField(
+        null=True, blank=True, help_text="The claim does not look at the key before then."
+    )
+    is_paused = models.BooleanField(default=False, db_default=False)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    released_at = models.DateTimeField(
+        null=True, blank=True, help_text="Failures before this no longer hold an ordered key."
+    )
+
+    class Meta:
+        db_table = "pq_flow_keys"
+        ordering = ["key"]
+        verbose_name = "flow key"
+        permissions = [("pause_flowkey", "Can pause and resume flow keys")]
+        indexes = [
+            models.Index(fields=["blocked_until"], name="pq_flow_keys_blocked"),
+            models.Index(fields=["key"], name="pq_flow_keys_paused", condition=Q(is_paused=True)),
+        ]
+
+    def __str__(self) -> str:
+        return self.key

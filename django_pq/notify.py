@@ -101,7 +101,11 @@ def column_arrays(rows: Sequence[Any], attributes: Sequence[str]) -> list[list[A
 
 
 def notifying(
-    modifying_sql: str, returning: str, channel: str = "%s", finished_channel: str = ""
+    modifying_sql: str,
+    returning: str,
+    channel: str = "%s",
+    finished_channel: str = "",
+    frees_a_slot: str = "",
 ) -> str:
     """Wrap ``INSERT/UPDATE ... `` so the rows it leaves pending NOTIFY, in one statement.
 
@@ -114,6 +118,10 @@ def notifying(
     With ``finished_channel`` (a placeholder; ``returning`` must then include
     ``is_awaited``), the ids of finished rows someone waits on (``task.wait()``) are also
     sent there, comma-separated: a channel no worker listens on, so no worker wakes.
+
+    With ``frees_a_slot`` (a condition on the returned columns), a finished row it holds
+    for also wakes the workers of its queue, "due now": its end may let a limited key's
+    waiting tasks start.
     """
     finished = ""
     if finished_channel:
@@ -129,7 +137,8 @@ def notifying(
         WITH written AS ({modifying_sql} RETURNING {returning}),
         notified AS (
             SELECT pg_notify({channel}, {task_ready_sql("min(run_at)", "queue")})
-            FROM written WHERE status = 'pending' GROUP BY queue
+            FROM written WHERE status = 'pending'{f" OR {frees_a_slot}" if frees_a_slot else ""}
+            GROUP BY queue
         ){finished}
         SELECT * FROM written WHERE (SELECT count(*) FROM notified) >= 0{counted}
     """

@@ -26,6 +26,7 @@ With pytest, ``pytest_plugins = ["django_pq.testing"]`` in a ``conftest.py`` giv
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -281,10 +282,10 @@ def run_pending_tasks(
     from django_pq.models import Task
     from django_pq.store.worker import (
         FINISH_STATEMENT,
-        Claimed,
         ClaimFilter,
         claim_params,
         claim_statement,
+        claimed_rows,
         finish_params,
     )
 
@@ -306,17 +307,18 @@ def run_pending_tasks(
     while True:
         with connection.cursor() as cursor:
             cursor.execute(claim, params)
-            row = cursor.fetchone()
-        if row is None:
+            rows, _ = claimed_rows(cursor.fetchall())
+        if not rows:
             return outcomes
+        row = rows[0]
         if len(outcomes) >= max_tasks:
             raise PQError(
                 f"run_pending_tasks ran {max_tasks} tasks and more are still pending (a task "
                 "that enqueues itself?). Raise max_tasks if that many are expected."
             )
         # Django's cursor hands jsonb over as text; the worker's own connection parses it.
-        payload = json.loads(row[2]) if isinstance(row[2], str) else row[2]
-        claimed = Claimed(row[0], row[1], payload, *row[3:])
+        payload = json.loads(row.payload) if isinstance(row.payload, str) else row.payload
+        claimed = dataclasses.replace(row, payload=payload)
         run = _run_inline(claimed, alias) if isolation == "inline" else _run_forked(claimed)
         with connection.cursor() as cursor:
             cursor.execute(FINISH_STATEMENT, finish_params([run], pq_settings.NOTIFY_CHANNEL))

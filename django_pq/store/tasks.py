@@ -33,6 +33,9 @@ ROW_COLUMNS = (
     "soft_runtime",
     "retry_policy",
     "keep_result",
+    "limit_key",
+    "fair_key",
+    "fair_turn",  # last: not a field of PreparedTask, but its place in the batch
 )
 
 # Many rows from parallel arrays: one statement of constant text however many it writes.
@@ -40,10 +43,11 @@ _ROWS = """
     SELECT * FROM unnest(
         %s::text[], %s::text[], %s::jsonb[], %s::smallint[], %s::timestamptz[],
         %s::interval[], %s::text[], %s::integer[], %s::double precision[],
-        %s::double precision[], %s::jsonb[], %s::double precision[]
+        %s::double precision[], %s::jsonb[], %s::double precision[], %s::text[], %s::text[],
+        %s::bigint[]
     ) WITH ORDINALITY
     AS r(queue, name, payload, priority, run_at, delay, client_id, max_attempts, max_runtime,
-         soft_runtime, retry_policy, keep_result, n)
+         soft_runtime, retry_policy, keep_result, limit_key, fair_key, fair_turn, n)
 """
 # One row from scalar parameters, which binds faster than one-element arrays.
 _ONE_ROW = """
@@ -51,20 +55,31 @@ _ONE_ROW = """
         %s::timestamptz AS run_at, %s::interval AS delay, %s::text AS client_id,
         %s::integer AS max_attempts, %s::double precision AS max_runtime,
         %s::double precision AS soft_runtime, %s::jsonb AS retry_policy,
-        %s::double precision AS keep_result, 1 AS n
+        %s::double precision AS keep_result, %s::text AS limit_key, %s::text AS fair_key,
+        %s::bigint AS fair_turn, 1 AS n
 """
 _INSERT = """
     INSERT INTO pq_tasks AS t (
         queue, name, payload, priority, run_at, client_id, max_attempts, max_runtime,
-        soft_runtime, retry_policy, keep_result, status, attempts, error, error_code,
-        is_cancel_requested
+        soft_runtime, retry_policy, keep_result, limit_key, fair_key, fair_rank, status,
+        attempts, error, error_code, is_cancel_requested
     )
     SELECT r.queue, r.name, r.payload, r.priority, COALESCE(r.run_at, now() + r.delay, now()),
         r.client_id, r.max_attempts, r.max_runtime, r.soft_runtime, r.retry_policy,
-        r.keep_result, 'pending', 0, '', '', false
+        r.keep_result, r.limit_key, r.fair_key, {fair_rank}, 'pending', 0, '', '', false
     FROM ({rows}) AS r
     ORDER BY r.n
 """
+
+
+# A fair key's turn: after its own pending tasks of the priority, and no earlier than the
+# turn being claimed now (one turn before the lowest pending one), so a key that comes
+# back after a pause takes its place in the round-robin, not ahead of all the others.
+_FAIR_RANK = """CASE WHEN r.fair_key IS NULL THEN 0 ELSE greatest(0,
+        (SELECT max(x.fair_rank) FROM pq_tasks x WHERE x.status = 'pending'
+         AND x.fair_key = r.fair_key AND x.priority = r.priority),
+        (SELECT min(x.fair_rank) - 1 FROM pq_tasks x WHERE x.status = 'pending'
+         AND x.fair_key IS NOT NULL AND x.priority = r.priority)) + r.fair_turn END"""
 
 
 def _returning_rows(modifying_sql: str) -> str:
@@ -106,16 +121,20 @@ def _upsert_assignments() -> str:
     return ",\n".join(assignments)
 
 
-INSERT_ONE = _returning_rows(_INSERT.format(rows=_ONE_ROW) + " ON CONFLICT (client_id) DO NOTHING")
+INSERT_ONE = _returning_rows(
+    _INSERT.format(rows=_ONE_ROW, fair_rank=_FAIR_RANK) + " ON CONFLICT (client_id) DO NOTHING"
+)
 """Insert one task (:data:`ROW_COLUMNS` as scalars); a taken ``client_id`` inserts nothing
 and returns no row, without an error that would abort the caller's transaction."""
 
-INSERT_MANY = _returning_rows(_INSERT.format(rows=_ROWS) + " ON CONFLICT (client_id) DO NOTHING")
+INSERT_MANY = _returning_rows(
+    _INSERT.format(rows=_ROWS, fair_rank=_FAIR_RANK) + " ON CONFLICT (client_id) DO NOTHING"
+)
 """Insert many tasks (:data:`ROW_COLUMNS` as one array each) in one statement; ids are
 drawn in input order, and rows whose ``client_id`` is taken are left out."""
 
 UPSERT = _returning_rows(
-    _INSERT.format(rows=_ONE_ROW)
+    _INSERT.format(rows=_ONE_ROW, fair_rank=_FAIR_RANK)
     + f" ON CONFLICT (client_id) DO UPDATE SET {_upsert_assignments()}"
 )
 """Insert one task, or replace the one holding its ``client_id``: a pending or finished

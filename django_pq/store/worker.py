@@ -15,6 +15,7 @@ from django_pq.conf import LONGEST_LEASE
 from django_pq.models import ErrorCode
 from django_pq.notify import column_arrays, finished_channel, notifying
 from django_pq.retry_policy import WAYS_OF_DYING
+from django_pq.store import flow
 
 
 class ClaimScope(Protocol):
@@ -79,6 +80,12 @@ _CLAIMED_COLUMNS = (
     "t.max_runtime, t.run_token::text, t.client_id, t.periodic_id, "
     "extract(epoch FROM t.slot)::float8, t.soft_runtime"
 )
+#: The claimed columns of the flow-hints row: none, typed like the columns they stand for.
+_NO_TASK = (
+    "NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::smallint, NULL::integer, "
+    "NULL::integer, NULL::float8, NULL::text, NULL::text, NULL::bigint, NULL::float8, "
+    "NULL::float8"
+)
 
 
 def _claim_filters(config: ClaimScope) -> list[str]:
@@ -93,32 +100,159 @@ def _claim_filters(config: ClaimScope) -> list[str]:
 
 
 def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> str:
-    """Claim up to ``%(limit)s`` ready tasks for ``%(worker)s``, best first.
+    """Claim up to ``%(limit)s`` ready tasks for ``%(worker)s``, best first, within the
+    flow limits of their keys.
 
     ``FOR UPDATE SKIP LOCKED`` lets any number of workers claim at once without waiting on
-    each other or taking the same row; the CTE is materialized so the lock-and-limit runs
-    exactly once. Worker, token, attempt and ``started_at`` come from the database.
+    each other or taking the same row; each CTE is materialized so it runs exactly once.
+    Worker, token, attempt and ``started_at`` come from the database. Best first is by
+    priority, then fair turn (``fair_rank``: round-robin across fair keys), then ``run_at``.
     ``include_scheduled`` also takes tasks whose ``run_at`` is still ahead (the testing
     helpers, inside a test transaction where ``now()`` stands still).
+
+    Flow limits, race-free across workers: keys already at their concurrency, paused, or
+    told to wait (``blocked_until``: out of rate tokens, an ordered key whose next task is
+    not due) are left out of the scan. For the keys a limit governs among the candidates,
+    the claim locks each key's ``pq_flow_keys`` row (``SKIP LOCKED``: a key another claim is
+    deciding waits for the next round) and counts its running tasks. That count comes from
+    this statement's snapshot, which may predate a claim that committed meanwhile; such a
+    claim bumped ``version``, so a locked row whose version differs from the snapshot's is
+    left for the next round. Finishes never touch the key rows: a count that misses one
+    only errs on the safe side, and a reaped task frees its slot by no longer running.
+
+    Returns the claimed rows (:func:`claimed_rows`) and one last row of flow hints: how
+    many candidates limits held back, and the seconds until the earliest held key may go.
     """
     due = [] if include_scheduled else ["run_at <= now()"]
     filters = ["status = 'pending'", *due, *_claim_filters(config)]
     return f"""
-        WITH claimable AS MATERIALIZED (
-            SELECT id FROM pq_tasks
+        WITH held_back AS MATERIALIZED (
+            SELECT key FROM pq_flow_keys WHERE is_paused
+            UNION
+            SELECT key FROM pq_flow_keys WHERE blocked_until > now()
+            UNION
+            SELECT r.limit_key FROM (
+                SELECT limit_key, count(*) AS running FROM pq_tasks
+                WHERE status = 'running' AND limit_key IS NOT NULL GROUP BY limit_key
+            ) r CROSS JOIN LATERAL ({flow.governing("r.limit_key")}) g
+            WHERE r.running >= g.concurrency
+        ),
+        candidates AS MATERIALIZED (
+            SELECT id, limit_key, priority, fair_rank, run_at FROM pq_tasks
             WHERE {" AND ".join(filters)}
-            ORDER BY priority DESC, run_at, id
+              AND (limit_key IS NULL
+                   OR NOT (limit_key = ANY(ARRAY(SELECT key FROM held_back))))
+            ORDER BY priority DESC, fair_rank, run_at, id
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
+        ),
+        governed AS MATERIALIZED (
+            SELECT k.key, g.* FROM (
+                SELECT DISTINCT limit_key AS key FROM candidates WHERE limit_key IS NOT NULL
+            ) k CROSS JOIN LATERAL ({flow.governing("k.key")}) g
+        ),
+        -- A governed key's first claim creates its row (seen by the next round).
+        created AS (
+            INSERT INTO pq_flow_keys (key) SELECT key FROM governed
+            ON CONFLICT (key) DO NOTHING RETURNING key
+        ),
+        locked AS MATERIALIZED (
+            SELECT f.key, f.version, f.tokens, f.tokens_at, f.released_at FROM pq_flow_keys f
+            WHERE f.key IN (SELECT key FROM governed) AND NOT f.is_paused
+            FOR UPDATE SKIP LOCKED
+        ),
+        room AS MATERIALIZED (
+            SELECT g.key, g.concurrency, g.per_second, g.ordered, n.*
+            FROM governed g JOIN locked f ON f.key = g.key
+            CROSS JOIN LATERAL (SELECT
+                CASE WHEN g.per_second IS NOT NULL THEN least(g.burst, greatest(0, coalesce(
+                    f.tokens + g.per_second * extract(epoch FROM now() - f.tokens_at), g.burst)))
+                END AS tokens,
+                (SELECT count(*) FROM pq_tasks r
+                 WHERE r.limit_key = g.key AND r.status = 'running') AS running,
+                CASE WHEN g.ordered THEN (SELECT h.id FROM pq_tasks h
+                     WHERE h.limit_key = g.key AND h.status = 'pending' ORDER BY h.id LIMIT 1)
+                END AS head,
+                g.ordered AND g.on_failure = 'hold' AND EXISTS (SELECT 1 FROM pq_tasks x
+                    WHERE x.limit_key = g.key AND x.status = 'failed'
+                      AND x.finished_at > coalesce(f.released_at, '-infinity')) AS held
+            ) n
+            WHERE f.version = (SELECT s.version FROM pq_flow_keys s WHERE s.key = g.key)
+        ),
+        ranked AS MATERIALIZED (
+            SELECT c.*, row_number() OVER (
+                PARTITION BY c.limit_key ORDER BY c.priority DESC, c.fair_rank, c.run_at, c.id
+            ) AS turn
+            FROM candidates c
+        ),
+        chosen AS MATERIALIZED (
+            SELECT r.id, r.limit_key FROM ranked r
+            LEFT JOIN governed g ON g.key = r.limit_key
+            LEFT JOIN room k ON k.key = r.limit_key
+            WHERE g.key IS NULL  -- no key, or a key no limit names: unlimited
+               OR (NOT k.held AND (NOT k.ordered OR r.id = k.head)
+                   AND r.turn <= least(coalesce(k.concurrency - k.running, r.turn),
+                                       coalesce(floor(k.tokens), r.turn)))
+        ),
+        spent AS (
+            UPDATE pq_flow_keys f SET version = f.version + 1,
+                tokens = k.tokens - coalesce(c.taken, 0),
+                tokens_at = CASE WHEN k.tokens IS NOT NULL THEN now() END,
+                -- The next round leaves the key out until then: a rate's next token; a
+                -- held or waiting sequence is looked at again within seconds.
+                blocked_until = CASE
+                    WHEN k.held THEN now() + interval '5 seconds'
+                    WHEN k.tokens IS NOT NULL AND k.tokens - coalesce(c.taken, 0) < 1
+                        THEN now() + make_interval(
+                            secs => (1 - (k.tokens - coalesce(c.taken, 0))) / k.per_second)
+                    WHEN k.ordered AND c.taken IS NULL THEN least(
+                        now() + interval '5 seconds',
+                        greatest((SELECT h.run_at FROM pq_tasks h WHERE h.id = k.head),
+                                 now() + interval '10 milliseconds'))
+                END
+            FROM room k LEFT JOIN (
+                SELECT limit_key, count(*) AS taken FROM chosen GROUP BY limit_key
+            ) c ON c.limit_key = k.key
+            WHERE f.key = k.key
+            RETURNING f.key, f.blocked_until
+        ),
+        claimed AS (
+            UPDATE pq_tasks t SET
+                status = 'running', worker_id = %(worker)s, run_token = gen_random_uuid(),
+                -- Capped so a hand-written attempts of 2^31-1 cannot fail the whole claim.
+                attempts = least(t.attempts, 2147483646) + 1, started_at = now(),
+                finished_at = NULL, is_cancel_requested = false, progress = NULL
+            FROM chosen WHERE t.id = chosen.id
+            RETURNING {_CLAIMED_COLUMNS}
         )
-        UPDATE pq_tasks t SET
-            status = 'running', worker_id = %(worker)s, run_token = gen_random_uuid(),
-            -- Capped so a hand-written attempts of 2^31-1 cannot fail the whole claim.
-            attempts = least(t.attempts, 2147483646) + 1, started_at = now(), finished_at = NULL,
-            is_cancel_requested = false, progress = NULL
-        FROM claimable WHERE t.id = claimable.id
-        RETURNING {_CLAIMED_COLUMNS}
+        SELECT *, NULL::bigint, NULL::float8 FROM claimed
+        UNION ALL
+        SELECT {_NO_TASK}, (SELECT count(*) FROM candidates) - (SELECT count(*) FROM chosen),
+            (SELECT extract(epoch FROM min(moment) - now()) FROM (
+                SELECT blocked_until FROM spent
+                UNION ALL
+                SELECT blocked_until FROM pq_flow_keys WHERE blocked_until > now()
+                  AND NOT is_paused AND NOT (key IN (SELECT key FROM spent))
+            ) AS hints(moment) WHERE moment > now())
     """
+
+
+@dataclass(frozen=True)
+class FlowHints:
+    """What a claim's flow limits held back: ``held_back`` candidates it did not take, and
+    ``wait``, the seconds until the earliest held key may start again (None: no such key;
+    a key at its concurrency goes again when a task of it ends, which notifies)."""
+
+    held_back: int
+    wait: float | None
+
+
+def claimed_rows(rows: Sequence[Sequence[Any]]) -> tuple[list[Claimed], FlowHints]:
+    """A claim's reply (:func:`claim_statement`): the claimed tasks and the flow hints."""
+    claimed = [Claimed(*row[:-2]) for row in rows if row[0] is not None]
+    hints = [row for row in rows if row[0] is None]
+    held_back, wait = hints[0][-2:] if hints else (0, None)
+    return claimed, FlowHints(int(held_back or 0), None if wait is None else float(wait))
 
 
 def claim_params(config: ClaimScope, worker_id: str, limit: int) -> dict[str, Any]:
@@ -274,6 +408,8 @@ _FINISH = f"""
             ELSE t.keep_result END,
         retry_policy = CASE d.fate WHEN 'parked' THEN d.requeue->'retry_policy'
             ELSE t.retry_policy END,
+        limit_key = CASE d.fate WHEN 'parked' THEN d.requeue->>'limit_key' ELSE t.limit_key END,
+        fair_key = CASE d.fate WHEN 'parked' THEN d.requeue->>'fair_key' ELSE t.fair_key END,
         attempts = CASE
             WHEN d.fate = 'parked' THEN 0
             WHEN d.rule = 'retry_later' AND NOT d.count_attempt THEN greatest(t.attempts - 1, 0)
@@ -307,12 +443,14 @@ _FINISH = f"""
 
 FINISH_STATEMENT = notifying(
     _FINISH,
-    "t.id, t.status, t.run_at, t.queue, t.is_awaited",
+    "t.id, t.status, t.run_at, t.queue, t.is_awaited, t.limit_key",
     "%(channel)s",
     finished_channel="%(finished_channel)s",
+    frees_a_slot=flow.is_governed("limit_key"),
 )
 """Record finished runs (:func:`finish_params`), each only if its row is still ``running``
-under the run token it was claimed with, and announce the rows that are ready again."""
+under the run token it was claimed with, and announce the rows that are ready again, and
+the queues of those whose end frees a slot of a limited key."""
 
 
 _OUTCOME_COLUMNS = {

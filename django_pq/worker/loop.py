@@ -55,6 +55,9 @@ CHORES_PAUSE = 1.0
 SHUTDOWN_FLUSH_TIMEOUT = 10.0
 #: While the database is away or outcomes wait to be written, look again this soon.
 RETRY_SOON = 0.2
+#: Claims in a row taken at once because flow limits held candidates back (each round
+#: leaves the held keys out of the next); then the worker waits for a wake-up.
+FLOW_ROUNDS = 4
 
 
 class ExitCode(enum.IntEnum):
@@ -86,6 +89,7 @@ class WorkerLoop:
         self.registered = False
         self.should_claim = True
         self.claim_came_back_short = False
+        self.flow_rounds = 0
         self.check_orphans = False
         self.cancel_hints: set[int] = set()  # task ids a notification named; not yet confirmed
         self.descendants = Descendants()
@@ -328,6 +332,9 @@ class WorkerLoop:
         due = self.should_claim or (not self.config.listen and self.timers.poll.due(now))
         if self.timers.next_task.take(now):
             due = True
+        if self.timers.flow.take(now):  # a limited key may start again: the claim decides
+            due = True
+            self.flow_rounds = 0
         free = self.config.concurrency - len(self._busy())
         if self.config.max_tasks is not None:
             free = min(free, self.config.max_tasks - self.started_tasks)
@@ -363,16 +370,27 @@ class WorkerLoop:
         if limit:
             self.should_claim = False
             self.timers.poll.set(now + self.config.poll_interval)
-            if results[-1]:
+            claimed, hints = sql.claimed_rows(results[-1])
+            if claimed:
                 crash_point("after_claim")
-            claimed = sorted(
-                (Claimed(*row) for row in results[-1]), key=lambda task: (-task.priority, task.id)
-            )
-            for task in claimed:
+            for task in sorted(claimed, key=lambda task: (-task.priority, task.id)):
                 self._start(task)
             self.claim_came_back_short = len(claimed) < limit
             # A full claim suggests more ready work; a short one waits for a wake-up.
             self.should_claim = not self.claim_came_back_short
+            self._follow_flow_hints(now, hints, short=self.claim_came_back_short)
+
+    def _follow_flow_hints(self, now: float, hints: sql.FlowHints, *, short: bool) -> None:
+        """After a claim: limits that held candidates back may hide claimable work behind
+        them (the next round leaves those keys out), so claim again at once, a few rounds
+        at most; a rate's next token or a sequence's next task sets the flow timer."""
+        if hints.wait is not None:
+            self.timers.flow.bring_forward(now + max(hints.wait, 0.0))
+        if short and hints.held_back and self.flow_rounds < FLOW_ROUNDS:
+            self.flow_rounds += 1
+            self.should_claim = True
+        elif not hints.held_back:
+            self.flow_rounds = 0
 
     def _start(self, task: Claimed) -> None:
         # The parent never imports the module a row names: the allowed ``tasks`` modules
@@ -671,7 +689,7 @@ class WorkerLoop:
             return seconds_until(now, timers.chores_resume.at, *moments)
         if self.should_claim and len(busy) < self.config.concurrency and self.registered:
             return 0.0
-        moments += [timers.heartbeat.at, timers.fire.at, timers.next_task.at]
+        moments += [timers.heartbeat.at, timers.fire.at, timers.next_task.at, timers.flow.at]
         if not self.config.listen:
             moments.append(timers.poll.at)
         if not self.db.is_connected or self.unwritten:

@@ -103,6 +103,8 @@ class Timers:
     poll: Deadline
     #: A future task (named by a NOTIFY or the heartbeat) becomes ready: claim then.
     next_task: Deadline
+    #: A key its flow limit held back may start again (a rate's next token): claim then.
+    flow: Deadline
     heartbeat: Heartbeat
     #: The next due schedule (NEVER when none is known; the heartbeat reports one).
     fire: Deadline
@@ -122,6 +124,7 @@ class Timers:
         return cls(
             poll=Deadline(now),
             next_task=Deadline(),
+            flow=Deadline(),
             heartbeat=Heartbeat(heartbeat_interval, now),
             fire=Deadline(now),
             prune=Every(PRUNE_INTERVAL, now),

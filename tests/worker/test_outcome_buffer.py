@@ -79,8 +79,10 @@ def claim(db: Database, count: int) -> list[Claimed]:
     rows = db.execute(
         "claim", sql.claim_statement(config), sql.claim_params(config, str(uuid.uuid4()), count)
     )
-    assert rows is not None and len(rows) == count
-    return sorted((Claimed(*row) for row in rows), key=lambda task: task.id)
+    assert rows is not None
+    claimed, _ = sql.claimed_rows(rows)
+    assert len(claimed) == count
+    return sorted(claimed, key=lambda task: task.id)
 
 
 def rows(*claimed: Claimed) -> list[tuple[str, str, str]]:

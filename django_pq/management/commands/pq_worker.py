@@ -12,6 +12,7 @@ from django.db import DatabaseError
 
 from django_pq.declared import sync_schedules
 from django_pq.exceptions import TaskRefused
+from django_pq.limits import sync_limits
 from django_pq.worker import ConfigError, ExitCode, WorkerConfig, WorkerLoop
 from django_pq.worker.config import parse_priorities, parse_priority
 
@@ -145,15 +146,17 @@ class Command(BaseCommand):
         except ConfigError as error:
             raise CommandError(str(error), returncode=ExitCode.USAGE) from None
         try:
+            sync_limits()  # PQ_LIMITS as this deploy's settings say
             sync_schedules()  # declared schedules are current however the deploy ran
         except DatabaseError as error:
             # The worker waits for the database anyway; the schedules were synced on deploy.
             logging.getLogger("django_pq.worker").warning(
-                "Could not sync declared schedules (%s); starting without it", error
+                "Could not sync PQ_LIMITS and declared schedules (%s); starting without it",
+                error,
             )
         except TaskRefused as error:
             raise CommandError(
-                f"A declared schedule is invalid: {error}", returncode=ExitCode.USAGE
+                f"A declared schedule or limit is invalid: {error}", returncode=ExitCode.USAGE
             ) from None
         sys.exit(WorkerLoop(config).run())
 

@@ -1,0 +1,132 @@
+"""Statements of flow control: the limit that governs a key, writing ``PQ_LIMITS`` to
+``pq_limits``, pausing, resuming and releasing keys, and each key's numbers.
+
+The claim itself (in :mod:`django_pq.store.worker`) reads these tables; nothing here
+runs on the worker's per-task path except :func:`governing`, which the claim embeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import connections
+
+from django_pq.flow_limits import FlowLimit
+from django_pq.notify import task_ready_sql
+
+_LIMIT_COLUMNS = "l.concurrency, l.per_second, l.burst, l.ordered, l.on_failure"
+
+
+def governing(key: str, columns: str = _LIMIT_COLUMNS) -> str:
+    """A subquery selecting the limit that governs the key expression ``key``: the exact
+    pattern first, then the longest glob. No row: the key runs unlimited."""
+    return f"""
+        SELECT {columns}
+        FROM pq_limits l
+        WHERE {key} LIKE l.like_pattern ESCAPE '\\'
+        ORDER BY l.pattern = {key} DESC, length(l.pattern) DESC, l.pattern
+        LIMIT 1
+    """
+
+
+def is_governed(key: str) -> str:
+    """A condition: some limit names the key expression ``key``."""
+    return f"""({key} IS NOT NULL AND EXISTS (
+        SELECT 1 FROM pq_limits l WHERE {key} LIKE l.like_pattern ESCAPE '\\'))"""
+
+
+SYNC_LIMITS = """
+    WITH given AS (
+        SELECT * FROM unnest(%(pattern)s::text[], %(like_pattern)s::text[],
+            %(concurrency)s::integer[], %(rate)s::text[], %(per_second)s::float8[],
+            %(burst)s::float8[], %(ordered)s::boolean[], %(on_failure)s::text[])
+        AS g(pattern, like_pattern, concurrency, rate, per_second, burst, ordered, on_failure)
+    ),
+    dropped AS (
+        DELETE FROM pq_limits l WHERE l.source = 'setting'
+          AND NOT EXISTS (SELECT 1 FROM given g WHERE g.pattern = l.pattern)
+        RETURNING l.pattern
+    ),
+    written AS (
+        INSERT INTO pq_limits AS l (pattern, like_pattern, concurrency, rate, per_second, burst,
+                                    ordered, on_failure, source, updated_at)
+        SELECT g.*, 'setting', now() FROM given g
+        ON CONFLICT (pattern) DO UPDATE SET like_pattern = EXCLUDED.like_pattern,
+            concurrency = EXCLUDED.concurrency, rate = EXCLUDED.rate,
+            per_second = EXCLUDED.per_second, burst = EXCLUDED.burst,
+            ordered = EXCLUDED.ordered, on_failure = EXCLUDED.on_failure,
+            source = 'setting', updated_at = now()
+        WHERE (l.like_pattern, l.concurrency, l.rate, l.per_second, l.burst, l.ordered,
+               l.on_failure, l.source)
+              IS DISTINCT FROM (EXCLUDED.like_pattern, EXCLUDED.concurrency, EXCLUDED.rate,
+               EXCLUDED.per_second, EXCLUDED.burst, EXCLUDED.ordered, EXCLUDED.on_failure,
+               'setting')
+        RETURNING l.pattern
+    )
+    SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM dropped)
+"""
+"""Make the ``source='setting'`` rows of ``pq_limits`` what ``PQ_LIMITS`` says: changed
+rows rewritten, patterns no longer in the setting deleted. Rows staff added in the admin
+(``source='admin'``) stay, unless the setting names the same pattern: the setting wins."""
+
+_WAKE = f"""
+    SELECT pg_notify(%(channel)s, {task_ready_sql("now()", "queue")})
+    FROM (SELECT DISTINCT queue FROM pq_tasks
+          WHERE status = 'pending' AND limit_key = ANY(%(keys)s)) AS waiting
+"""
+
+_SET_PAUSED = """
+    INSERT INTO pq_flow_keys AS f (key, is_paused, paused_at, released_at, blocked_until)
+    SELECT key, %(paused)s, CASE WHEN %(paused)s THEN now() END,
+        CASE WHEN %(release)s THEN now() END, NULL
+    FROM unnest(%(keys)s::text[]) AS key
+    ON CONFLICT (key) DO UPDATE SET is_paused = EXCLUDED.is_paused,
+        paused_at = EXCLUDED.paused_at, blocked_until = NULL, version = f.version + 1,
+        released_at = coalesce(EXCLUDED.released_at, f.released_at)
+    RETURNING f.key
+"""
+
+
+def set_paused(
+    using: str, keys: Sequence[str], *, paused: bool, release: bool, channel: str
+) -> list[str]:
+    """Pause or resume ``keys`` (creating their rows); ``release`` also lets an ordered key
+    held by a failure go on. Workers are woken for the keys' waiting tasks on resume."""
+    params = {"keys": list(keys), "paused": paused, "release": release, "channel": channel}
+    with connections[using].cursor() as cursor:
+        cursor.execute(_SET_PAUSED, params)
+        changed = [row[0] for row in cursor.fetchall()]
+        if not paused:
+            cursor.execute(_WAKE, params)
+    return changed
+
+
+def sync_limits(using: str, limits: Sequence[FlowLimit]) -> tuple[int, int]:
+    """Write ``limits`` as the setting's rows of ``pq_limits``; (written, deleted)."""
+    columns = ("pattern", "like_pattern", "concurrency", "rate", "per_second", "burst")
+    params: dict[str, Any] = {
+        column: [getattr(limit, column) for limit in limits] for column in columns
+    }
+    params["ordered"] = [limit.ordered for limit in limits]
+    params["on_failure"] = [limit.on_failure for limit in limits]
+    with connections[using].cursor() as cursor:
+        cursor.execute(SYNC_LIMITS, params)
+        written, deleted = cursor.fetchone()
+    return int(written), int(deleted)
+
+
+KEY_NUMBERS = f"""
+    SELECT k.key, g.concurrency, g.rate, g.ordered, k.is_paused,
+        (SELECT count(*) FROM pq_tasks t WHERE t.limit_key = k.key AND t.status = 'running'),
+        (SELECT count(*) FROM pq_tasks t WHERE t.limit_key = k.key AND t.status = 'pending'),
+        CASE WHEN g.per_second IS NULL THEN NULL ELSE g.burst - least(g.burst, greatest(0,
+            coalesce(k.tokens + g.per_second * extract(epoch FROM now() - k.tokens_at),
+                     g.burst))) END,
+        g.pattern
+    FROM pq_flow_keys k
+    LEFT JOIN LATERAL ({governing("k.key", "l.pattern, l.rate, " + _LIMIT_COLUMNS)}) g ON true
+    WHERE k.key = ANY(%(keys)s)
+"""
+"""Per key of ``%(keys)s``: its limit (concurrency, rate, ordered), whether it is paused,
+tasks running and waiting, rate tokens spent of the burst, and the pattern that governs."""
