@@ -631,6 +631,11 @@ class FlowKey(models.Model):
         null=True, blank=True, help_text="The claim does not look at the key before then."
     )
     is_paused = models.BooleanField(default=False, db_default=False)
+    is_held = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="An ordered key stopped by a task that failed for good (retry or resume it).",
+    )
     paused_at = models.DateTimeField(null=True, blank=True)
     released_at = models.DateTimeField(
         null=True, blank=True, help_text="Failures before this no longer hold an ordered key."

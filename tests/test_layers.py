@@ -20,12 +20,23 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("settings and errors", ("conf", "exceptions", "signals")),
     (
         "timing, codec, protocol, task paths, a task's own view",
-        ("timing", "codec", "notify", "task_paths", "context", "retry_policy"),
+        (
+            "timing",
+            "codec",
+            "notify",
+            "task_paths",
+            "context",
+            "retry_policy",
+            "flow_limits",
+        ),
     ),
     # The data: the ORM's models and the named statements, which use each other's names
     # (a statement returns whole Task rows; Periodic.run_now() runs a statement).
     ("models and data layer", ("models", "store", "waiting")),
-    ("enqueueing and schedules", ("enqueueing", "schedules", "declared", "declared_tasks")),
+    (
+        "enqueueing and schedules",
+        ("enqueueing", "schedules", "declared", "declared_tasks", "limits"),
+    ),
     (
         "worker, admin, backend, commands",
         (

@@ -33,14 +33,16 @@ def refused(statement: str, params: list | None = None) -> str:
     return str(caught.value)
 
 
-def test_migrate_creates_the_three_tables():
+def test_migrate_creates_the_tables():
     tables = {row[0] for row in sql("SELECT tablename FROM pg_tables WHERE tablename LIKE 'pq_%%'")}
-    assert tables == {"pq_tasks", "pq_periodic", "pq_workers"}
+    assert tables == {"pq_tasks", "pq_periodic", "pq_workers", "pq_limits", "pq_flow_keys"}
 
 
 def test_claim_index_is_partial_on_pending_and_ordered_like_the_claim():
-    (definition,) = sql("SELECT indexdef FROM pg_indexes WHERE indexname = 'pq_tasks_claim'")[0]
-    assert "(priority DESC, run_at, id)" in definition
+    (definition,) = sql("SELECT indexdef FROM pg_indexes WHERE indexname = 'pq_tasks_claim_fair'")[
+        0
+    ]
+    assert "(priority DESC, fair_rank, run_at, id)" in definition
     assert "WHERE ((status)::text = 'pending'::text)" in definition
 
 

@@ -83,7 +83,8 @@ _SET_PAUSED = """
     FROM unnest(%(keys)s::text[]) AS key
     ON CONFLICT (key) DO UPDATE SET is_paused = EXCLUDED.is_paused,
         paused_at = EXCLUDED.paused_at, blocked_until = NULL, version = f.version + 1,
-        released_at = coalesce(EXCLUDED.released_at, f.released_at)
+        released_at = coalesce(EXCLUDED.released_at, f.released_at),
+        is_held = f.is_held AND EXCLUDED.released_at IS NULL
     RETURNING f.key
 """
 

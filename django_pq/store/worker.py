@@ -190,12 +190,14 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
             LEFT JOIN governed g ON g.key = r.limit_key
             LEFT JOIN room k ON k.key = r.limit_key
             WHERE g.key IS NULL  -- no key, or a key no limit names: unlimited
-               OR (NOT k.held AND (NOT k.ordered OR r.id = k.head)
-                   AND r.turn <= least(coalesce(k.concurrency - k.running, r.turn),
-                                       coalesce(floor(k.tokens), r.turn)))
+               -- A sequence starts its head only, whatever else ranks before it.
+               OR (k.ordered AND NOT k.held AND r.id = k.head AND k.running = 0
+                   AND coalesce(k.tokens, 1) >= 1)
+               OR (NOT k.ordered AND r.turn <= least(coalesce(k.concurrency - k.running, r.turn),
+                                                     coalesce(floor(k.tokens), r.turn)))
         ),
         spent AS (
-            UPDATE pq_flow_keys f SET version = f.version + 1,
+            UPDATE pq_flow_keys f SET version = f.version + 1, is_held = k.held,
                 tokens = k.tokens - coalesce(c.taken, 0),
                 tokens_at = CASE WHEN k.tokens IS NOT NULL THEN now() END,
                 -- The next round leaves the key out until then: a rate's next token; a
@@ -214,7 +216,7 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
                 SELECT limit_key, count(*) AS taken FROM chosen GROUP BY limit_key
             ) c ON c.limit_key = k.key
             WHERE f.key = k.key
-            RETURNING f.key, f.blocked_until
+            RETURNING f.key, f.blocked_until, f.is_held
         ),
         claimed AS (
             UPDATE pq_tasks t SET
@@ -227,13 +229,20 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
         )
         SELECT *, NULL::bigint, NULL::float8 FROM claimed
         UNION ALL
-        SELECT {_NO_TASK}, (SELECT count(*) FROM candidates) - (SELECT count(*) FROM chosen),
+        SELECT {_NO_TASK},
+            -- Candidates left for a later round; a held sequence's are not "later".
+            (SELECT count(*) FROM candidates c WHERE NOT EXISTS (
+                 SELECT 1 FROM chosen WHERE chosen.id = c.id)
+               AND NOT EXISTS (SELECT 1 FROM spent WHERE spent.key = c.limit_key
+                               AND spent.is_held)),
             (SELECT extract(epoch FROM min(moment) - now()) FROM (
-                SELECT blocked_until FROM spent
+                SELECT key, blocked_until FROM spent WHERE NOT is_held
                 UNION ALL
-                SELECT blocked_until FROM pq_flow_keys WHERE blocked_until > now()
-                  AND NOT is_paused AND NOT (key IN (SELECT key FROM spent))
-            ) AS hints(moment) WHERE moment > now())
+                SELECT key, blocked_until FROM pq_flow_keys WHERE blocked_until > now()
+                  AND NOT is_paused AND NOT is_held AND NOT (key IN (SELECT key FROM spent))
+            ) AS hints(key, moment) WHERE moment > now() AND EXISTS (
+                SELECT 1 FROM pq_tasks w WHERE w.limit_key = hints.key AND w.status = 'pending'
+                  AND NOT (w.id IN (SELECT id FROM chosen))))
     """
 
 

@@ -250,7 +250,15 @@ class WorkerLoop:
         reason = ""
         if self.config.max_tasks is not None and self.started_tasks >= self.config.max_tasks:
             reason = f"Reached --max-tasks={self.config.max_tasks}; stopping"
-        elif self.config.burst and self.claim_came_back_short and not self.unwritten:
+        elif (
+            self.config.burst
+            and self.claim_came_back_short
+            and not self.unwritten
+            # A claim again at once (limits held candidates back), a rate's next token or
+            # a sequence's next task: ready work yet to come.
+            and not self.should_claim
+            and self.timers.flow.at == NEVER
+        ):
             reason = "No ready task left (--burst); stopping"
         if reason and not self.logged_done:
             logger.info(reason)
@@ -384,8 +392,9 @@ class WorkerLoop:
         """After a claim: limits that held candidates back may hide claimable work behind
         them (the next round leaves those keys out), so claim again at once, a few rounds
         at most; a rate's next token or a sequence's next task sets the flow timer."""
-        if hints.wait is not None:
-            self.timers.flow.bring_forward(now + max(hints.wait, 0.0))
+        # Each claim knows the flow's next moment afresh (a key whose tasks are all gone
+        # has none), so it replaces the last one.
+        self.timers.flow.set(NEVER if hints.wait is None else now + max(hints.wait, 0.0))
         if short and hints.held_back and self.flow_rounds < FLOW_ROUNDS:
             self.flow_rounds += 1
             self.should_claim = True

@@ -162,3 +162,14 @@ def progress_in_steps(folder: str, steps: int) -> int:
         while not gate.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
     return steps
+
+
+def _customer_key(customer_id: Any) -> Any:
+    # None: no key; "" comes back as "" (an invalid key), for the tests of bad keys.
+    return customer_id and f"customer:{customer_id}"
+
+
+@pq.task(limit_key=_customer_key)
+def sync_customer(customer_id: Any) -> Any:
+    """One customer's sync: its flow key comes from its argument."""
+    return customer_id
