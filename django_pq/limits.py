@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import connections
@@ -18,7 +19,15 @@ from django_pq.exceptions import TaskRefused
 from django_pq.flow_limits import InvalidLimit, check_key, parse_limits
 from django_pq.store import flow as store
 
-__all__ = ["KeyNumbers", "key_numbers", "pause_key", "resume_key", "sync_limits"]
+__all__ = [
+    "KeyNumbers",
+    "busy_keys",
+    "describe_limit",
+    "key_numbers",
+    "pause_key",
+    "resume_key",
+    "sync_limits",
+]
 
 
 def sync_limits(using: str | None = None) -> tuple[int, int]:
@@ -72,6 +81,7 @@ class KeyNumbers:
     rate: str | None
     ordered: bool
     is_paused: bool
+    is_held: bool
     running: int
     waiting: int
     #: Rate tokens spent out of the burst (0: the bucket is full); None without a rate.
@@ -80,22 +90,30 @@ class KeyNumbers:
     limit: str | None
 
 
+def describe_limit(key: KeyNumbers) -> str:
+    """A key's limit in words: "2 at once, 20/s (api:*)", "in order (seq:*)", "unlimited"."""
+    if key.limit is None:
+        return "unlimited"
+    parts = ["in order"] if key.ordered else []
+    if key.concurrency and not key.ordered:
+        parts.append(f"{key.concurrency} at once")
+    if key.rate:
+        parts.append(key.rate)
+    return f"{', '.join(parts)} ({key.limit})"
+
+
 def key_numbers(keys: Iterable[str], using: str | None = None) -> list[KeyNumbers]:
     """The numbers of each flow key of ``keys`` the claim has met or staff paused."""
+    return _read(store.KEY_NUMBERS, {"keys": list(keys)}, using)
+
+
+def busy_keys(limit: int = 50, using: str | None = None) -> list[KeyNumbers]:
+    """The flow keys with tasks waiting or running, or paused or held: most waiting first."""
+    return _read(store.BUSY_KEYS, {"limit": limit}, using)
+
+
+def _read(statement: str, params: dict[str, Any], using: str | None) -> list[KeyNumbers]:
     with connections[using or pq_settings.DATABASE].cursor() as cursor:
-        cursor.execute(store.KEY_NUMBERS, {"keys": list(keys)})
+        cursor.execute(statement, params)
         rows = cursor.fetchall()
-    return [
-        KeyNumbers(
-            key=key,
-            concurrency=concurrency,
-            rate=rate,
-            ordered=bool(ordered),
-            is_paused=paused,
-            running=running,
-            waiting=waiting,
-            rate_spent=spent,
-            limit=pattern,
-        )
-        for key, concurrency, rate, ordered, paused, running, waiting, spent, pattern in rows
-    ]
+    return [KeyNumbers(row[0], row[1], row[2], bool(row[3]), *row[4:]) for row in rows]

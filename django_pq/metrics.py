@@ -21,9 +21,14 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
+from django_pq.limits import KeyNumbers, busy_keys
 from django_pq.store.reads import Snapshot, read_snapshot
 
 __all__ = ["DEFAULT_BUCKETS", "PQCollector", "make_metrics_view", "metrics_view"]
+
+#: Flow keys per scrape, the busiest first: labels per key are bounded (10,000 keys must
+#: not become 30,000 series).
+FLOW_KEYS_EXPORTED = 50
 
 #: Histogram buckets for task durations, in seconds.
 DEFAULT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
@@ -62,6 +67,37 @@ class PQCollector:
         yield from self.families(
             read_snapshot(window=self.window, buckets=self.buckets, using=self.using)
         )
+        yield from self.flow_families(busy_keys(FLOW_KEYS_EXPORTED, using=self.using))
+
+    def flow_families(self, keys: list[KeyNumbers]) -> Iterator[Any]:
+        """The flow keys' families: tasks by state, paused or held, rate tokens spent."""
+        from prometheus_client import core as metrics
+
+        tasks = metrics.GaugeMetricFamily(
+            "pq_flow_key_tasks",
+            f"Tasks of the busiest {FLOW_KEYS_EXPORTED} flow keys, running or waiting.",
+            labels=["key", "state"],
+        )
+        stopped = metrics.GaugeMetricFamily(
+            "pq_flow_key_stopped",
+            "1 when a flow key is paused (by staff) or held (an ordered key's failure).",
+            labels=["key", "reason"],
+        )
+        spent = metrics.GaugeMetricFamily(
+            "pq_flow_key_rate_spent",
+            "Rate tokens spent of the burst, per flow key.",
+            labels=["key"],
+        )
+        for key in keys:
+            tasks.add_metric([key.key, "running"], key.running)
+            tasks.add_metric([key.key, "waiting"], key.waiting)
+            stopped.add_metric([key.key, "paused"], int(key.is_paused))
+            stopped.add_metric([key.key, "held"], int(key.is_held))
+            if key.rate_spent is not None:
+                spent.add_metric([key.key], key.rate_spent)
+        yield tasks
+        yield stopped
+        yield spent
 
     def families(self, state: Snapshot) -> Iterator[Any]:
         """The metric families of one snapshot (read with this collector's window and buckets)."""

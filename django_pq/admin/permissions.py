@@ -17,6 +17,7 @@ RUN_TASK_NOW = "run_task_now"
 DELETE_TASK = "delete_task"
 PAUSE_PERIODIC = "pause_periodic"
 RUN_PERIODIC_NOW = "run_periodic_now"
+PAUSE_FLOWKEY = "pause_flowkey"
 
 #: (codename, name) pairs for ``Meta.permissions``: Task's, then Periodic's.
 TASK_PERMISSIONS = (

@@ -94,7 +94,12 @@ def set_paused(
 ) -> list[str]:
     """Pause or resume ``keys`` (creating their rows); ``release`` also lets an ordered key
     held by a failure go on. Workers are woken for the keys' waiting tasks on resume."""
-    params = {"keys": list(keys), "paused": paused, "release": release, "channel": channel}
+    params: dict[str, Any] = {
+        "keys": list(keys),
+        "paused": paused,
+        "release": release,
+        "channel": channel,
+    }
     with connections[using].cursor() as cursor:
         cursor.execute(_SET_PAUSED, params)
         changed = [row[0] for row in cursor.fetchall()]
@@ -117,8 +122,9 @@ def sync_limits(using: str, limits: Sequence[FlowLimit]) -> tuple[int, int]:
     return int(written), int(deleted)
 
 
-KEY_NUMBERS = f"""
-    SELECT k.key, g.concurrency, g.rate, g.ordered, k.is_paused,
+def _key_numbers(where: str) -> str:
+    return f"""
+    SELECT k.key, g.concurrency, g.rate, g.ordered, k.is_paused, k.is_held,
         (SELECT count(*) FROM pq_tasks t WHERE t.limit_key = k.key AND t.status = 'running'),
         (SELECT count(*) FROM pq_tasks t WHERE t.limit_key = k.key AND t.status = 'pending'),
         CASE WHEN g.per_second IS NULL THEN NULL ELSE g.burst - least(g.burst, greatest(0,
@@ -127,7 +133,21 @@ KEY_NUMBERS = f"""
         g.pattern
     FROM pq_flow_keys k
     LEFT JOIN LATERAL ({governing("k.key", "l.pattern, l.rate, " + _LIMIT_COLUMNS)}) g ON true
-    WHERE k.key = ANY(%(keys)s)
-"""
-"""Per key of ``%(keys)s``: its limit (concurrency, rate, ordered), whether it is paused,
-tasks running and waiting, rate tokens spent of the burst, and the pattern that governs."""
+    WHERE {where}
+    """
+
+
+KEY_NUMBERS = _key_numbers("k.key = ANY(%(keys)s)")
+"""Per key of ``%(keys)s``: its limit (concurrency, rate, ordered), whether it is paused
+or held, tasks running and waiting, rate tokens spent of the burst, and the pattern that
+governs it."""
+
+BUSY_KEYS = (
+    _key_numbers(
+        "k.is_paused OR k.is_held OR EXISTS (SELECT 1 FROM pq_tasks t WHERE t.limit_key = k.key"
+        " AND t.status IN ('pending', 'running'))"
+    )
+    + " ORDER BY 8 DESC, 1 LIMIT %(limit)s"
+)
+"""The same numbers for the keys with work, paused or held: most waiting first, up to
+``%(limit)s`` (a dashboard's rows, not a scan's)."""

@@ -7,10 +7,12 @@ health check of the worker fleet), 2 for bad usage.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from django_pq.limits import KeyNumbers, busy_keys, describe_limit
 from django_pq.status import Snapshot, as_json, progress_fraction, snapshot
 
 #: Exit code when no worker holds a live lease.
@@ -37,8 +39,12 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [line.format(*headers).rstrip()] + [line.format(*row).rstrip() for row in rows]
 
 
-def render(state: Snapshot) -> str:
-    """The human-readable report."""
+def _flow_state(key: KeyNumbers) -> str:
+    return "paused" if key.is_paused else "held by a failure" if key.is_held else ""
+
+
+def render(state: Snapshot, keys: list[KeyNumbers] | None = None) -> str:
+    """The human-readable report (``keys``: the busy flow keys)."""
     out: list[str] = []
     # Queues with unfinished tasks; the finished ones are the next section's.
     unfinished = [c for c in state.per_queue() if c.ready or c.scheduled or c.running]
@@ -123,6 +129,22 @@ def render(state: Snapshot) -> str:
                 for s in state.disabled_schedules
             ],
         )
+    if keys:
+        out += ["", "Flow keys (most waiting first)"]
+        out += _table(
+            ["key", "limit", "running", "waiting", "rate spent", "state"],
+            [
+                [
+                    k.key,
+                    describe_limit(k),
+                    str(k.running),
+                    str(k.waiting),
+                    "-" if k.rate_spent is None else f"{k.rate_spent:.1f}",
+                    _flow_state(k),
+                ]
+                for k in keys
+            ],
+        )
     if not state.has_live_worker:
         out += ["", "No live worker: nothing will run. Start one with manage.py pq_worker."]
     return "\n".join(out)
@@ -131,7 +153,8 @@ def render(state: Snapshot) -> str:
 class Command(BaseCommand):
     help = (
         "Show django-pq's queues (ready, scheduled, running, oldest ready task's age), running "
-        "tasks, live workers, the schedules due next and those a worker disabled. Exits 1 "
+        "tasks, live workers, the schedules due next and those a worker disabled, and the "
+        "flow keys with work. Exits 1 "
         "when no live worker is seen."
     )
 
@@ -160,9 +183,11 @@ class Command(BaseCommand):
         state = snapshot(
             running_limit=options["running_limit"], schedule_limit=options["schedules"]
         )
+        keys = busy_keys()
         if options["json"]:
-            self.stdout.write(json.dumps(as_json(state), indent=2, default=str))
+            data = {**as_json(state), "flow_keys": [asdict(key) for key in keys]}
+            self.stdout.write(json.dumps(data, indent=2, default=str))
         else:
-            self.stdout.write(render(state))
+            self.stdout.write(render(state, keys))
         if not state.has_live_worker:
             raise SystemExit(NO_LIVE_WORKER)
