@@ -47,16 +47,6 @@ class FlowLimit:
     ordered: bool = False
     on_failure: str = "hold"
 
-    @property
-    def like_pattern(self) -> str:
-        return like_pattern(self.pattern)
-
-
-def like_pattern(pattern: str) -> str:
-    """The glob ``pattern`` as a SQL ``LIKE`` pattern (escape character ``\\``)."""
-    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%")
-
 
 def matches(pattern: str, key: str) -> bool:
     """Whether the glob ``pattern`` (``*``: any run of characters) matches ``key``, as the

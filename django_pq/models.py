@@ -12,8 +12,8 @@ import uuid
 from typing import Any
 
 from django.db import models, transaction
-from django.db.models import Q
-from django.db.models.functions import Now
+from django.db.models import Q, Value
+from django.db.models.functions import Now, Replace
 from django.utils.translation import gettext_lazy as _
 
 from django_pq.codec import decode_payload, decode_value
@@ -568,7 +568,21 @@ class Limit(models.Model):
         primary_key=True,
         help_text="A limit_key, or a glob like 'customer:*'.",
     )
-    like_pattern = models.CharField(max_length=2 * KEY_LENGTH, editable=False)
+    # Derived by the database, so no writer can hand the claim a LIKE pattern that fails
+    # (one ending in a lone escape character fails every statement that uses it).
+    like_pattern = models.GeneratedField(
+        expression=Replace(
+            Replace(
+                Replace(Replace("pattern", Value("\\"), Value("\\\\")), Value("%"), Value("\\%")),
+                Value("_"),
+                Value("\\_"),
+            ),
+            Value("*"),
+            Value("%"),
+        ),
+        output_field=models.CharField(max_length=4 * KEY_LENGTH),
+        db_persist=True,
+    )
     concurrency = models.PositiveIntegerField(
         null=True, blank=True, help_text="Tasks of one key running at once, at most."
     )
@@ -597,13 +611,13 @@ class Limit(models.Model):
                 condition=Q(concurrency__isnull=True) | Q(concurrency__gte=1),
                 name="pq_limits_concurrency_min",
             ),
+            # Bounded, so the claim's arithmetic (seconds to the next token) stays in range.
             models.CheckConstraint(
-                condition=Q(per_second__isnull=True)
-                | Q(per_second__gt=0, per_second__lt=float("inf")),
-                name="pq_limits_rate_positive",
+                condition=Q(per_second__isnull=True) | Q(per_second__gte=1e-6, per_second__lte=1e9),
+                name="pq_limits_rate_range",
             ),
             models.CheckConstraint(
-                condition=Q(burst__gt=0, burst__lt=float("inf")), name="pq_limits_burst_positive"
+                condition=Q(burst__gt=0, burst__lte=1e9), name="pq_limits_burst_range"
             ),
             models.CheckConstraint(
                 condition=Q(ordered=False) | Q(concurrency=1), name="pq_limits_ordered_one"
@@ -646,6 +660,20 @@ class FlowKey(models.Model):
         ordering = ["key"]
         verbose_name = "flow key"
         permissions = [("pause_flowkey", "Can pause and resume flow keys")]
+        constraints = [
+            # What a hostile writer could put here must not fail the claim for every key.
+            models.CheckConstraint(
+                condition=Q(version__gte=0, version__lt=2**62), name="pq_flow_keys_version_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(tokens__isnull=True) | Q(tokens__gte=-1e9, tokens__lte=1e9),
+                name="pq_flow_keys_tokens_range",
+            ),
+            _moment_check("tokens_at", "pq_flow_keys_tokens_at_finite", nullable=True),
+            _moment_check("blocked_until", "pq_flow_keys_blocked_until_finite", nullable=True),
+            _moment_check("paused_at", "pq_flow_keys_paused_at_finite", nullable=True),
+            _moment_check("released_at", "pq_flow_keys_released_at_finite", nullable=True),
+        ]
         indexes = [
             models.Index(fields=["blocked_until"], name="pq_flow_keys_blocked"),
             models.Index(fields=["key"], name="pq_flow_keys_paused", condition=Q(is_paused=True)),

@@ -14,7 +14,7 @@ from django.http import HttpRequest
 
 from django_pq.admin import history
 from django_pq.admin.permissions import PAUSE_FLOWKEY, has_pq_perm
-from django_pq.flow_limits import InvalidLimit, like_pattern, parse_limit
+from django_pq.flow_limits import InvalidLimit, parse_limit
 from django_pq.limits import describe_limit, key_numbers, pause_key, resume_key
 from django_pq.models import FlowKey, Limit, Status, Task
 
@@ -174,7 +174,6 @@ class LimitAdmin(LimitModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Limit, form: Any, change: bool) -> None:
         limit = form.flow_limit
-        obj.like_pattern = like_pattern(limit.pattern)
         obj.concurrency, obj.per_second, obj.burst = (
             limit.concurrency,
             limit.per_second,

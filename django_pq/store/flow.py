@@ -38,10 +38,10 @@ def is_governed(key: str) -> str:
 
 SYNC_LIMITS = """
     WITH given AS (
-        SELECT * FROM unnest(%(pattern)s::text[], %(like_pattern)s::text[],
-            %(concurrency)s::integer[], %(rate)s::text[], %(per_second)s::float8[],
-            %(burst)s::float8[], %(ordered)s::boolean[], %(on_failure)s::text[])
-        AS g(pattern, like_pattern, concurrency, rate, per_second, burst, ordered, on_failure)
+        SELECT * FROM unnest(%(pattern)s::text[], %(concurrency)s::integer[], %(rate)s::text[],
+            %(per_second)s::float8[], %(burst)s::float8[], %(ordered)s::boolean[],
+            %(on_failure)s::text[])
+        AS g(pattern, concurrency, rate, per_second, burst, ordered, on_failure)
     ),
     dropped AS (
         DELETE FROM pq_limits l WHERE l.source = 'setting'
@@ -49,17 +49,16 @@ SYNC_LIMITS = """
         RETURNING l.pattern
     ),
     written AS (
-        INSERT INTO pq_limits AS l (pattern, like_pattern, concurrency, rate, per_second, burst,
-                                    ordered, on_failure, source, updated_at)
+        INSERT INTO pq_limits AS l (pattern, concurrency, rate, per_second, burst, ordered,
+                                    on_failure, source, updated_at)
         SELECT g.*, 'setting', now() FROM given g
-        ON CONFLICT (pattern) DO UPDATE SET like_pattern = EXCLUDED.like_pattern,
-            concurrency = EXCLUDED.concurrency, rate = EXCLUDED.rate,
+        ON CONFLICT (pattern) DO UPDATE SET concurrency = EXCLUDED.concurrency,
+            rate = EXCLUDED.rate,
             per_second = EXCLUDED.per_second, burst = EXCLUDED.burst,
             ordered = EXCLUDED.ordered, on_failure = EXCLUDED.on_failure,
             source = 'setting', updated_at = now()
-        WHERE (l.like_pattern, l.concurrency, l.rate, l.per_second, l.burst, l.ordered,
-               l.on_failure, l.source)
-              IS DISTINCT FROM (EXCLUDED.like_pattern, EXCLUDED.concurrency, EXCLUDED.rate,
+        WHERE (l.concurrency, l.rate, l.per_second, l.burst, l.ordered, l.on_failure, l.source)
+              IS DISTINCT FROM (EXCLUDED.concurrency, EXCLUDED.rate,
                EXCLUDED.per_second, EXCLUDED.burst, EXCLUDED.ordered, EXCLUDED.on_failure,
                'setting')
         RETURNING l.pattern
@@ -110,7 +109,7 @@ def set_paused(
 
 def sync_limits(using: str, limits: Sequence[FlowLimit]) -> tuple[int, int]:
     """Write ``limits`` as the setting's rows of ``pq_limits``; (written, deleted)."""
-    columns = ("pattern", "like_pattern", "concurrency", "rate", "per_second", "burst")
+    columns = ("pattern", "concurrency", "rate", "per_second", "burst")
     params: dict[str, Any] = {
         column: [getattr(limit, column) for limit in limits] for column in columns
     }

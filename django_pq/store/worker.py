@@ -205,8 +205,8 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
                 blocked_until = CASE
                     WHEN k.held THEN now() + interval '5 seconds'
                     WHEN k.tokens IS NOT NULL AND k.tokens - coalesce(c.taken, 0) < 1
-                        THEN now() + make_interval(
-                            secs => (1 - (k.tokens - coalesce(c.taken, 0))) / k.per_second)
+                        THEN now() + make_interval(secs => least(
+                            (1 - (k.tokens - coalesce(c.taken, 0))) / k.per_second, 86400))
                     WHEN k.ordered AND c.taken IS NULL THEN least(
                         now() + interval '5 seconds',
                         greatest((SELECT h.run_at FROM pq_tasks h WHERE h.id = k.head),

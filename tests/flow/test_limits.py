@@ -247,8 +247,8 @@ def test_a_task_row_whose_key_row_was_deleted_still_runs(start_worker):
 def test_the_claim_stays_index_driven_with_a_million_ready_rows_over_ten_thousand_keys():
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO pq_limits (pattern, like_pattern, concurrency, burst, ordered, "
-            "on_failure, source) VALUES ('k:*', 'k:%%', 2, 1, false, 'hold', 'setting')"
+            "INSERT INTO pq_limits (pattern, concurrency, burst, ordered, on_failure, source, "
+            "updated_at) VALUES ('k:*', 2, 1, false, 'hold', 'setting', now())"
         )
         cursor.execute(
             "INSERT INTO pq_tasks (queue, name, payload, priority, status, run_at, "
