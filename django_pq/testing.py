@@ -282,6 +282,7 @@ def run_pending_tasks(
     from django_pq.models import Task
     from django_pq.store.worker import (
         FINISH_STATEMENT,
+        FLOW_ROUNDS,
         ClaimFilter,
         claim_params,
         claim_statement,
@@ -304,12 +305,17 @@ def run_pending_tasks(
     scope = ClaimFilter(queues=list(queues))
     claim = claim_statement(scope, include_scheduled=include_scheduled)
     params = claim_params(scope, worker_id, limit=1)
+    held_rounds = 0
     while True:
         with connection.cursor() as cursor:
             cursor.execute(claim, params)
-            rows, _ = claimed_rows(cursor.fetchall())
+            rows, hints = claimed_rows(cursor.fetchall())
+        if not rows and hints.held_back and held_rounds < FLOW_ROUNDS:
+            held_rounds += 1  # as the worker does: flow limits held candidates back
+            continue
         if not rows:
             return outcomes
+        held_rounds = 0
         row = rows[0]
         if len(outcomes) >= max_tasks:
             raise PQError(

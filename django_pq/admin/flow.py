@@ -10,9 +10,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 from django_pq.admin import history
+from django_pq.admin.params import refuse_nul_characters
 from django_pq.admin.permissions import PAUSE_FLOWKEY, has_pq_perm
 from django_pq.flow_limits import InvalidLimit, parse_limit
 from django_pq.limits import describe_limit, key_numbers, pause_key, resume_key
@@ -64,8 +65,18 @@ def resume_keys(
     modeladmin.message_user(request, f"Resumed {_keys(len(changing))}.", messages.SUCCESS)
 
 
+class _RefusesNul:
+    """Changelists whose filters and search reach PostgreSQL text: NUL is a 400."""
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        refuse_nul_characters(request)
+        return super().changelist_view(request, extra_context)  # type: ignore[misc]
+
+
 @admin.register(FlowKey)
-class FlowKeyAdmin(FlowKeyModelAdmin):
+class FlowKeyAdmin(_RefusesNul, FlowKeyModelAdmin):
     """Read-only numbers: rows are written by the claim; staff pause and resume them."""
 
     list_display = [
@@ -162,7 +173,7 @@ class LimitForm(LimitModelForm):
 
 
 @admin.register(Limit)
-class LimitAdmin(LimitModelAdmin):
+class LimitAdmin(_RefusesNul, LimitModelAdmin):
     """Limits staff add here stay until deleted; a pattern PQ_LIMITS names is rewritten
     from the setting when a worker starts."""
 

@@ -121,32 +121,37 @@ def sync_limits(using: str, limits: Sequence[FlowLimit]) -> tuple[int, int]:
     return int(written), int(deleted)
 
 
-def _key_numbers(where: str) -> str:
+def _key_numbers(keys: str) -> str:
+    """The numbers of the keys the subquery ``keys`` selects (column ``key``)."""
     return f"""
-    SELECT k.key, g.concurrency, g.rate, g.ordered, k.is_paused, k.is_held,
-        (SELECT count(*) FROM pq_tasks t WHERE t.limit_key = k.key AND t.status = 'running'),
-        (SELECT count(*) FROM pq_tasks t WHERE t.limit_key = k.key AND t.status = 'pending'),
+    SELECT s.key, g.concurrency, g.rate, g.ordered, coalesce(k.is_paused, false),
+        coalesce(k.is_held, false),
+        (SELECT count(*) FROM pq_tasks t WHERE t.limit_key = s.key AND t.status = 'running'),
+        (SELECT count(*) FROM pq_tasks t WHERE t.limit_key = s.key AND t.status = 'pending'),
         CASE WHEN g.per_second IS NULL THEN NULL ELSE g.burst - least(g.burst, greatest(0,
             coalesce(k.tokens + g.per_second * extract(epoch FROM now() - k.tokens_at),
                      g.burst))) END,
         g.pattern
-    FROM pq_flow_keys k
-    LEFT JOIN LATERAL ({governing("k.key", "l.pattern, l.rate, " + _LIMIT_COLUMNS)}) g ON true
-    WHERE {where}
+    FROM ({keys}) AS s(key)
+    LEFT JOIN pq_flow_keys k ON k.key = s.key
+    LEFT JOIN LATERAL ({governing("s.key", "l.pattern, l.rate, " + _LIMIT_COLUMNS)}) g ON true
     """
 
 
-KEY_NUMBERS = _key_numbers("k.key = ANY(%(keys)s)")
+KEY_NUMBERS = _key_numbers("SELECT DISTINCT unnest(%(keys)s::text[])")
 """Per key of ``%(keys)s``: its limit (concurrency, rate, ordered), whether it is paused
 or held, tasks running and waiting, rate tokens spent of the burst, and the pattern that
-governs it."""
+governs it (NULL: unlimited)."""
 
 BUSY_KEYS = (
     _key_numbers(
-        "k.is_paused OR k.is_held OR EXISTS (SELECT 1 FROM pq_tasks t WHERE t.limit_key = k.key"
-        " AND t.status IN ('pending', 'running'))"
+        """SELECT limit_key FROM pq_tasks WHERE limit_key IS NOT NULL AND status = 'running'
+           UNION SELECT limit_key FROM pq_tasks WHERE limit_key IS NOT NULL
+                                                  AND status = 'pending'
+           UNION SELECT key FROM pq_flow_keys WHERE is_paused OR is_held"""
     )
     + " ORDER BY 8 DESC, 1 LIMIT %(limit)s"
 )
-"""The same numbers for the keys with work, paused or held: most waiting first, up to
-``%(limit)s`` (a dashboard's rows, not a scan's)."""
+"""The same numbers for the keys with tasks waiting or running, paused or held: most
+waiting first, up to ``%(limit)s``. (Reads the keyed pending rows' index: for a status
+command or a scrape, not for a claim.)"""

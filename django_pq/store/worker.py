@@ -246,6 +246,11 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
     """
 
 
+#: Claims in a row taken at once because flow limits held candidates back (each round
+#: leaves the held keys out of the next); then a claimer waits for a wake-up.
+FLOW_ROUNDS = 4
+
+
 @dataclass(frozen=True)
 class FlowHints:
     """What a claim's flow limits held back: ``held_back`` candidates it did not take, and

@@ -55,9 +55,6 @@ CHORES_PAUSE = 1.0
 SHUTDOWN_FLUSH_TIMEOUT = 10.0
 #: While the database is away or outcomes wait to be written, look again this soon.
 RETRY_SOON = 0.2
-#: Claims in a row taken at once because flow limits held candidates back (each round
-#: leaves the held keys out of the next); then the worker waits for a wake-up.
-FLOW_ROUNDS = 4
 
 
 class ExitCode(enum.IntEnum):
@@ -395,7 +392,7 @@ class WorkerLoop:
         # Each claim knows the flow's next moment afresh (a key whose tasks are all gone
         # has none), so it replaces the last one.
         self.timers.flow.set(NEVER if hints.wait is None else now + max(hints.wait, 0.0))
-        if short and hints.held_back and self.flow_rounds < FLOW_ROUNDS:
+        if short and hints.held_back and self.flow_rounds < sql.FLOW_ROUNDS:
             self.flow_rounds += 1
             self.should_claim = True
         elif not hints.held_back:

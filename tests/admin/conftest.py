@@ -62,7 +62,7 @@ def staff_client(make_staff: Callable[..., User]) -> Callable[..., Client]:
     return make
 
 
-VIEW_TASKS = ("view_task", "view_periodic", "view_worker")
+VIEW_TASKS = ("view_task", "view_periodic", "view_worker", "view_flowkey", "view_limit")
 
 
 def make_task(status: str = Status.PENDING, **fields: Any) -> Task:

@@ -21,8 +21,9 @@ from django.test import Client, override_settings
 from django.urls import resolve, reverse
 from django.utils import timezone
 
+import django_pq as pq
 from django_pq.declared import sync_schedules
-from django_pq.models import Periodic, Status, Task, Worker
+from django_pq.models import FlowKey, Limit, Periodic, Status, Task, Worker
 from django_pq.schedules import pause, schedule
 from tests.admin.conftest import VIEW_TASKS, make_task
 from tests.testapp import tasks
@@ -62,6 +63,8 @@ class Rows:
     tasks: dict[str, Task] = field(default_factory=dict)
     schedules: dict[str, Periodic] = field(default_factory=dict)
     worker: Worker | None = None
+    flow_keys: list[FlowKey] = field(default_factory=list)
+    limits: list[Limit] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -164,6 +167,23 @@ def rows() -> Rows:
         odd.pk,
     )
     found.tasks["policy columns of odd shapes"] = odd
+
+    # Flow control: limits from the setting and from staff, keys in every state, with
+    # the odd but allowed values a writer can leave (a key of HTML, tokens spent below 0).
+    with override_settings(PQ_LIMITS={"api:*": {"concurrency": 2, "rate": "10/s"}}):
+        pq.sync_limits()
+    Limit.objects.create(pattern="seq:*", ordered=True, concurrency=1, on_failure="release")
+    found.limits = list(Limit.objects.all())
+    for key in ["api:1", "seq:1", "<b>key</b>", "idle"]:
+        make_task(limit_key=key)
+    make_task(Status.RUNNING, worker_id=worker.pk, limit_key="api:1")
+    pq.pause_key("api:1", "<b>key</b>", "idle")
+    sql(
+        "INSERT INTO pq_flow_keys (key, is_held, tokens, tokens_at, blocked_until) "
+        "VALUES ('seq:1', true, -5, now() - interval '1 hour', now() + interval '1 day')"
+    )
+    sql("UPDATE pq_flow_keys SET tokens = 0.5, tokens_at = now() WHERE key = 'api:1'")
+    found.flow_keys = list(FlowKey.objects.all())
     return found
 
 
@@ -228,6 +248,21 @@ def visit_everything(visitor: Visitor, rows: Rows, *, superuser: bool) -> None:
         may_add = superuser and model == "periodic"
         visitor.get(reverse(f"admin:django_pq_{model}_add"), *(ok if may_add else forbidden))
     visitor.get(reverse("admin:django_pq_overview"), 200)
+    for model in ("flowkey", "limit"):
+        url = reverse(f"admin:django_pq_{model}_changelist")
+        for query in filter_links(visitor, url):
+            visitor.get(url + query, 200)
+        may_add = superuser and model == "limit"
+        visitor.get(reverse(f"admin:django_pq_{model}_add"), *(ok if may_add else forbidden))
+    for model, objects in (("flowkey", rows.flow_keys), ("limit", rows.limits)):
+        for row in objects:
+            visitor.get(reverse(f"admin:django_pq_{model}_change", args=[row.pk]), 200)
+            visitor.get(reverse(f"admin:django_pq_{model}_history", args=[row.pk]), 200)
+            visitor.get(
+                reverse(f"admin:django_pq_{model}_delete", args=[row.pk]),
+                *(ok if superuser else forbidden),
+            )
+            visitor.get(f"{reverse(f'admin:django_pq_{model}_changelist')}{row.pk}/", 302)
 
     for task in rows.tasks.values():
         visitor.get(reverse("admin:django_pq_task_change", args=[task.pk]), 200)
@@ -291,7 +326,7 @@ def test_garbage_in_any_query_parameter_is_not_a_server_error(
     rows: Rows, admin_client: Client
 ) -> None:
     visitor = Visitor(admin_client, set())
-    for model in ("task", "periodic", "worker"):
+    for model in ("task", "periodic", "worker", "flowkey", "limit"):
         url = reverse(f"admin:django_pq_{model}_changelist")
         for name in sorted(filter_parameters(visitor, url)):
             for value in GARBAGE:
