@@ -95,6 +95,8 @@ PQ_TASK_OPTIONS = (
     "soft_runtime",
     "retry",
     "keep_result",
+    "limit_key",
+    "fair_key",
 )
 
 
@@ -132,6 +134,9 @@ class PQTask(Task):  # type: ignore[type-arg]
     soft_runtime: float | None = None
     retry: Retry | None = None
     keep_result: float | bool | None = None
+    #: Flow keys (strings: a django.tasks Task's options are values, not functions).
+    limit_key: str | None = None
+    fair_key: str | None = None
 
     def using(
         self,
@@ -146,6 +151,8 @@ class PQTask(Task):  # type: ignore[type-arg]
         soft_runtime: float | None = None,
         retry: Retry | None = None,
         keep_result: float | bool | None = None,
+        limit_key: str | None = None,
+        fair_key: str | None = None,
     ) -> PQTask:
         """A copy with changed defaults; also takes django-pq's options."""
         copy: Any = Task.using(
@@ -160,6 +167,8 @@ class PQTask(Task):  # type: ignore[type-arg]
                 ("soft_runtime", soft_runtime),
                 ("retry", retry),
                 ("keep_result", keep_result),
+                ("limit_key", limit_key),
+                ("fair_key", fair_key),
             )
             if value is not None
         }

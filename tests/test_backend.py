@@ -33,6 +33,7 @@ from django_pq.exceptions import TaskRefused
 from django_pq.models import Priority, Status
 from django_pq.models import Task as TaskRow
 from tests.tasks_framework import (
+    InvalidTask,
     TaskContext,
     TaskResultDoesNotExist,
     TaskResultMismatch,
@@ -423,6 +424,16 @@ def test_task_policies_from_using_reach_the_row() -> None:
     row = TaskRow.objects.get(pk=int(result.id))
     assert (row.max_attempts, row.retry_policy["on"]) == (3, ["exception", "worker_lost"])
     assert (row.soft_runtime, row.max_runtime, row.keep_result) == (5.0, 10.0, 0.0)
+
+
+@pytest.mark.django_db
+def test_flow_keys_from_using_reach_the_row_and_bad_ones_are_refused() -> None:
+    declared = pq_task(add.func)
+    result = declared.using(limit_key="stripe", fair_key="tenant:1").enqueue(1, 2)
+    row = TaskRow.objects.get(pk=int(result.id))
+    assert (row.limit_key, row.fair_key, row.fair_rank) == ("stripe", "tenant:1", 1)
+    with pytest.raises(InvalidTask, match="limit_key"):
+        declared.using(limit_key="").enqueue(1, 2)
 
 
 def test_bad_task_policies_are_refused_when_the_task_is_defined() -> None:

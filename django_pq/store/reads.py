@@ -56,7 +56,7 @@ QUEUE_COUNTS = """
 """
 """Unfinished tasks by queue, status and priority, with how many pending ones are due.
 
-One branch per status, so each is answered from its partial index (``pq_tasks_claim``,
+One branch per status, so each is answered from its partial index (``pq_tasks_claim_fair``,
 ``pq_tasks_running``): the cost follows the unfinished rows, never the history.
 """
 
@@ -65,7 +65,7 @@ OLDEST_READY = """
     FROM pq_tasks WHERE status = 'pending' AND run_at <= now()
     GROUP BY queue ORDER BY queue
 """
-"""Per queue, the seconds the longest-waiting ready task has waited (``pq_tasks_claim``).
+"""Per queue, the seconds the longest-waiting ready task has waited (``pq_tasks_claim_fair``).
 
 A queue with nothing ready has no row.
 """
