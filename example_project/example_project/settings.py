@@ -85,3 +85,7 @@ LOGGING = {
         "shop": {"handlers": ["console"], "level": "INFO"},
     },
 }
+
+# Flow limits, enforced by the claim across every worker: receipts go through the mail
+# provider at most 2 at once and 30 a minute (shop.tasks.send_receipt carries the key).
+PQ_LIMITS = {"email": {"concurrency": 2, "rate": "30/m", "burst": 5}}

@@ -20,10 +20,13 @@ RESTOCK_TO = 20
 # Sending a receipt twice is harmless (it is recorded once, see below), so a run that
 # failed on an exception, or lost its worker, is retried: up to five runs, 2 s, 4 s, 8 s ...
 # apart. A receipt that crashes its process twice is not retried again (the default limit).
+# The mail provider takes at most 2 sends at once and 30 a minute: the flow key "email"
+# carries the limits of PQ_LIMITS (settings.py) across every worker.
 @pq.task(
     priority=pq.Priority.HIGH,
     max_runtime=timedelta(minutes=1),
     retry=pq.Retry(5, on=["exception", "timeout", "worker_lost", "shutdown"], delay=2),
+    limit_key="email",
 )
 def send_receipt(order_id: int) -> str:
     """Send the receipt for an order (here: record it and log; no real email leaves)."""

@@ -81,3 +81,17 @@ def test_a_failed_receipt_is_retried_by_its_policy(lamp: Product) -> None:
     task = pq.Task.objects.get(pk=outcome.id)
     assert task.retry_decision["rule"] == "retry"
     assert task.max_attempts == 5
+
+
+def test_receipts_are_rate_limited_by_their_flow_key(lamp: Product) -> None:
+    lamp.stock = 10
+    lamp.save()
+    pq.sync_limits()  # PQ_LIMITS of settings.py, as every worker does on start
+    orders = [place_order(lamp, 1, f"buyer{n}@example.com") for n in range(7)]
+    assert {pq.Task.objects.get(client_id=o.receipt_client_id).limit_key for o in orders} == {
+        "email"
+    }
+    # The bucket holds 5 sends; inside a test transaction the clock stands still, so no
+    # token comes back: the other two receipts wait for theirs.
+    assert len(run_pending_tasks()) == 5
+    assert pq.Task.objects.filter(status="pending", limit_key="email").count() == 2
