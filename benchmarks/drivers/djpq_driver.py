@@ -6,7 +6,8 @@
 Its worker is ``pq_worker`` with its defaults (woken by NOTIFY), serving only the
 benchmark's queue; ``BENCH_DJPQ_WORKER_ARGS`` adds flags, e.g. ``--tasks-per-child=100``.
 ``BENCH_DJPQ_TASK=declared`` drains ``declared_noop`` (``@pq.task`` with a retry policy)
-instead of the plain ``noop``.
+instead of the plain ``noop``; ``BENCH_DJPQ_TASK=keyed`` drains ``noop`` with flow keys
+(``limit_key`` over 50 keys; the limits come from ``BENCH_DJPQ_LIMITS``, JSON).
 The benchmark project is ``benchmarks/projects/djpq`` (django-pq and the benchmark's tasks).
 """
 
@@ -43,7 +44,14 @@ QUEUE = "bench"
 DRAINED = declared_noop if os.environ.get("BENCH_DJPQ_TASK") == "declared" else noop
 
 
+#: With flow keys: each task's limit_key, over this many keys.
+KEYS = 50 if os.environ.get("BENCH_DJPQ_TASK") == "keyed" else 0
+
+
 def _insert(count: int) -> None:
+    if KEYS:
+        enqueue_many(prepare(DRAINED, queue=QUEUE, limit_key=f"k:{n % KEYS}") for n in range(count))
+        return
     enqueue_many(prepare(DRAINED, queue=QUEUE) for _ in range(count))
 
 

@@ -4,6 +4,7 @@ database.
 ``DATABASE_URL`` (default ``postgresql://postgres@127.0.0.1:5432/bench_djpq``) names it.
 """
 
+import json
 import os
 from urllib.parse import urlsplit
 
@@ -32,3 +33,6 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"django_pq": {"handlers": ["console"], "level": "WARNING"}},
 }
+
+# Flow limits for the flow benchmark (benchmarks/flow.py), as JSON.
+PQ_LIMITS = json.loads(os.environ.get("BENCH_DJPQ_LIMITS", "null"))
