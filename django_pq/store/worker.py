@@ -126,10 +126,13 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
     due = [] if include_scheduled else ["run_at <= now()"]
     filters = ["status = 'pending'", *due, *_claim_filters(config)]
     return f"""
-        WITH held_back AS MATERIALIZED (
+        -- The flow's clock is the statement's, not the transaction's: a claim that follows
+        -- a finish in one transaction spends the tokens due by now, not by its start.
+        WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS at),
+        held_back AS MATERIALIZED (
             SELECT key FROM pq_flow_keys WHERE is_paused
             UNION
-            SELECT key FROM pq_flow_keys WHERE blocked_until > now()
+            SELECT key FROM pq_flow_keys WHERE blocked_until > (SELECT at FROM clock)
             UNION
             SELECT r.limit_key FROM (
                 SELECT limit_key, count(*) AS running FROM pq_tasks
@@ -166,7 +169,9 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
             FROM governed g JOIN locked f ON f.key = g.key
             CROSS JOIN LATERAL (SELECT
                 CASE WHEN g.per_second IS NOT NULL THEN least(g.burst, greatest(0, coalesce(
-                    f.tokens + g.per_second * extract(epoch FROM now() - f.tokens_at), g.burst)))
+                    f.tokens + g.per_second
+                        * extract(epoch FROM (SELECT at FROM clock) - f.tokens_at),
+                    g.burst)))
                 END AS tokens,
                 (SELECT count(*) FROM pq_tasks r
                  WHERE r.limit_key = g.key AND r.status = 'running') AS running,
@@ -199,18 +204,18 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
         spent AS (
             UPDATE pq_flow_keys f SET version = f.version + 1, is_held = k.held,
                 tokens = k.tokens - coalesce(c.taken, 0),
-                tokens_at = CASE WHEN k.tokens IS NOT NULL THEN now() END,
+                tokens_at = CASE WHEN k.tokens IS NOT NULL THEN (SELECT at FROM clock) END,
                 -- The next round leaves the key out until then: a rate's next token; a
                 -- held or waiting sequence is looked at again within seconds.
                 blocked_until = CASE
-                    WHEN k.held THEN now() + interval '5 seconds'
+                    WHEN k.held THEN (SELECT at FROM clock) + interval '5 seconds'
                     WHEN k.tokens IS NOT NULL AND k.tokens - coalesce(c.taken, 0) < 1
-                        THEN now() + make_interval(secs => least(
+                        THEN (SELECT at FROM clock) + make_interval(secs => least(
                             (1 - (k.tokens - coalesce(c.taken, 0))) / k.per_second, 86400))
                     WHEN k.ordered AND c.taken IS NULL THEN least(
-                        now() + interval '5 seconds',
+                        (SELECT at FROM clock) + interval '5 seconds',
                         greatest((SELECT h.run_at FROM pq_tasks h WHERE h.id = k.head),
-                                 now() + interval '10 milliseconds'))
+                                 (SELECT at FROM clock) + interval '10 milliseconds'))
                 END
             FROM room k LEFT JOIN (
                 SELECT limit_key, count(*) AS taken FROM chosen GROUP BY limit_key
@@ -235,12 +240,13 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
                  SELECT 1 FROM chosen WHERE chosen.id = c.id)
                AND NOT EXISTS (SELECT 1 FROM spent WHERE spent.key = c.limit_key
                                AND spent.is_held)),
-            (SELECT extract(epoch FROM min(moment) - now()) FROM (
+            (SELECT extract(epoch FROM min(moment) - clock_timestamp()) FROM (
                 SELECT key, blocked_until FROM spent WHERE NOT is_held
                 UNION ALL
-                SELECT key, blocked_until FROM pq_flow_keys WHERE blocked_until > now()
+                SELECT key, blocked_until FROM pq_flow_keys
+                WHERE blocked_until > clock_timestamp()
                   AND NOT is_paused AND NOT is_held AND NOT (key IN (SELECT key FROM spent))
-            ) AS hints(key, moment) WHERE moment > now() AND EXISTS (
+            ) AS hints(key, moment) WHERE moment > clock_timestamp() AND EXISTS (
                 SELECT 1 FROM pq_tasks w WHERE w.limit_key = hints.key AND w.status = 'pending'
                   AND NOT (w.id IN (SELECT id FROM chosen))))
     """

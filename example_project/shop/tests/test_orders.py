@@ -91,7 +91,7 @@ def test_receipts_are_rate_limited_by_their_flow_key(lamp: Product) -> None:
     assert {pq.Task.objects.get(client_id=o.receipt_client_id).limit_key for o in orders} == {
         "email"
     }
-    # The bucket holds 5 sends; inside a test transaction the clock stands still, so no
-    # token comes back: the other two receipts wait for theirs.
+    # The bucket holds 5 sends, and the next comes back 2 s later (30 a minute): the other
+    # two receipts wait for theirs.
     assert len(run_pending_tasks()) == 5
     assert pq.Task.objects.filter(status="pending", limit_key="email").count() == 2
