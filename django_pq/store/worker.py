@@ -154,9 +154,10 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
                 SELECT DISTINCT limit_key AS key FROM candidates WHERE limit_key IS NOT NULL
             ) k CROSS JOIN LATERAL ({flow.governing("k.key")}) g
         ),
-        -- A governed key's first claim creates its row (seen by the next round).
+        -- A governed key's first claim creates its row (seen by the next round). In key
+        -- order: two claims creating the same new keys wait for each other in one order.
         created AS (
-            INSERT INTO pq_flow_keys (key) SELECT key FROM governed
+            INSERT INTO pq_flow_keys (key) SELECT key FROM governed ORDER BY key
             ON CONFLICT (key) DO NOTHING RETURNING key
         ),
         locked AS MATERIALIZED (
