@@ -8,7 +8,6 @@ effect on the next claim of every worker, without a restart.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -18,6 +17,7 @@ from django_pq.conf import pq_settings
 from django_pq.exceptions import TaskRefused
 from django_pq.flow_limits import InvalidLimit, check_key, parse_limits
 from django_pq.store import flow as store
+from django_pq.store.flow import KeyNumbers
 
 __all__ = [
     "KeyNumbers",
@@ -72,24 +72,6 @@ def resume_key(*keys: str, release: bool = True) -> list[str]:
     )
 
 
-@dataclass(frozen=True)
-class KeyNumbers:
-    """One flow key as the claim sees it now."""
-
-    key: str
-    concurrency: int | None
-    rate: str | None
-    ordered: bool
-    is_paused: bool
-    is_held: bool
-    running: int
-    waiting: int
-    #: Rate tokens spent out of the burst (0: the bucket is full); None without a rate.
-    rate_spent: float | None
-    #: The limit's key or pattern that governs this key; None: unlimited.
-    limit: str | None
-
-
 def describe_limit(key: KeyNumbers) -> str:
     """A key's limit in words: "2 at once, 20/s (api:*)", "in order (seq:*)", "unlimited"."""
     if key.limit is None:
@@ -116,4 +98,4 @@ def _read(statement: str, params: dict[str, Any], using: str | None) -> list[Key
     with connections[using or pq_settings.DATABASE].cursor() as cursor:
         cursor.execute(statement, params)
         rows = cursor.fetchall()
-    return [KeyNumbers(row[0], row[1], row[2], bool(row[3]), *row[4:]) for row in rows]
+    return [KeyNumbers(*row) for row in rows]

@@ -21,7 +21,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
-from django_pq.limits import KeyNumbers, busy_keys
+from django_pq.store.flow import KeyNumbers
 from django_pq.store.reads import Snapshot, read_snapshot
 
 __all__ = ["DEFAULT_BUCKETS", "PQCollector", "make_metrics_view", "metrics_view"]
@@ -65,11 +65,15 @@ class PQCollector:
         """Yield the metric families (the ``prometheus_client`` collector protocol)."""
         _prometheus()
         yield from self.families(
-            read_snapshot(window=self.window, buckets=self.buckets, using=self.using)
+            read_snapshot(
+                window=self.window,
+                buckets=self.buckets,
+                flow_key_limit=FLOW_KEYS_EXPORTED,
+                using=self.using,
+            )
         )
-        yield from self.flow_families(busy_keys(FLOW_KEYS_EXPORTED, using=self.using))
 
-    def flow_families(self, keys: list[KeyNumbers]) -> Iterator[Any]:
+    def flow_families(self, keys: Sequence[KeyNumbers]) -> Iterator[Any]:
         """The flow keys' families: tasks by state, paused or held, rate tokens spent."""
         from prometheus_client import core as metrics
 
@@ -164,6 +168,7 @@ class PQCollector:
         slots.add_metric(["idle"], max(total_slots - busy, 0))
         yield live
         yield slots
+        yield from self.flow_families(state.flow_keys)
 
 
 def make_metrics_view(

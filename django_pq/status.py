@@ -51,6 +51,10 @@ def progress_fraction(done: Any, total: Any) -> str:
 DURATION_WINDOW = 3600.0
 
 
+#: Flow keys ``pq_status`` (and a Prometheus scrape) lists: the busiest.
+FLOW_KEYS_SHOWN = 50
+
+
 def snapshot(
     *, running_limit: int = 50, schedule_limit: int = 10, using: str | None = None
 ) -> Snapshot:
@@ -59,6 +63,7 @@ def snapshot(
         window=DURATION_WINDOW,
         running_limit=running_limit,
         schedule_limit=schedule_limit,
+        flow_key_limit=FLOW_KEYS_SHOWN,
         using=using,
     )
 
@@ -80,4 +85,5 @@ def as_json(state: Snapshot) -> dict[str, Any]:
             for s in state.disabled_schedules
         ],
         "has_live_worker": state.has_live_worker,
+        "flow_keys": [asdict(key) for key in state.flow_keys],
     }

@@ -8,12 +8,32 @@ runs on the worker's per-task path except :func:`governing`, which the claim emb
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections
 
 from django_pq.flow_limits import FlowLimit
 from django_pq.notify import task_ready_sql
+
+
+@dataclass(frozen=True)
+class KeyNumbers:
+    """One flow key as the claim sees it now (a row of :data:`KEY_NUMBERS`)."""
+
+    key: str
+    concurrency: int | None
+    rate: str | None
+    ordered: bool
+    is_paused: bool
+    is_held: bool
+    running: int
+    waiting: int
+    #: Rate tokens spent out of the burst (0: the bucket is full); None without a rate.
+    rate_spent: float | None
+    #: The limit's key or pattern that governs this key; None: unlimited.
+    limit: str | None
+
 
 _LIMIT_COLUMNS = "l.concurrency, l.per_second, l.burst, l.ordered, l.on_failure"
 
@@ -124,14 +144,16 @@ def sync_limits(using: str, limits: Sequence[FlowLimit]) -> tuple[int, int]:
 def _key_numbers(keys: str) -> str:
     """The numbers of the keys the subquery ``keys`` selects (column ``key``)."""
     return f"""
-    SELECT s.key, g.concurrency, g.rate, g.ordered, coalesce(k.is_paused, false),
-        coalesce(k.is_held, false),
-        (SELECT count(*) FROM pq_tasks t WHERE t.limit_key = s.key AND t.status = 'running'),
-        (SELECT count(*) FROM pq_tasks t WHERE t.limit_key = s.key AND t.status = 'pending'),
+    SELECT s.key, g.concurrency, g.rate, coalesce(g.ordered, false) AS ordered,
+        coalesce(k.is_paused, false) AS is_paused, coalesce(k.is_held, false) AS is_held,
+        (SELECT count(*) FROM pq_tasks t
+         WHERE t.limit_key = s.key AND t.status = 'running') AS running,
+        (SELECT count(*) FROM pq_tasks t
+         WHERE t.limit_key = s.key AND t.status = 'pending') AS waiting,
         CASE WHEN g.per_second IS NULL THEN NULL ELSE g.burst - least(g.burst, greatest(0,
             coalesce(k.tokens + g.per_second * extract(epoch FROM now() - k.tokens_at),
-                     g.burst))) END,
-        g.pattern
+                     g.burst))) END AS rate_spent,
+        g.pattern AS "limit"
     FROM ({keys}) AS s(key)
     LEFT JOIN pq_flow_keys k ON k.key = s.key
     LEFT JOIN LATERAL ({governing("s.key", "l.pattern, l.rate, " + _LIMIT_COLUMNS)}) g ON true

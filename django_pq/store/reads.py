@@ -26,6 +26,7 @@ from typing import Any
 from django.db import connections
 
 from django_pq.conf import LONGEST_LEASE, pq_settings
+from django_pq.store.flow import BUSY_KEYS, KeyNumbers
 
 __all__ = [
     "SNAPSHOT",
@@ -226,6 +227,7 @@ SNAPSHOT = f"""
         'finished', {_rows(FINISHED)},
         'throughput', {_rows(THROUGHPUT)},
         'errors', {_rows(FREQUENT_ERRORS)},
+        'flow_keys', {_rows(BUSY_KEYS.replace("%(limit)s", "%(flow_key_limit)s"))},
         'estimated_rows', ({ESTIMATED_ROWS})
     )::text
 """
@@ -379,6 +381,7 @@ class Snapshot:
     outcomes: tuple[QueueOutcome, ...]
     throughput: tuple[Minute, ...]
     errors: tuple[FrequentError, ...]
+    flow_keys: tuple[KeyNumbers, ...]
     estimated_rows: int
     window: float
     buckets: tuple[float, ...]
@@ -411,6 +414,7 @@ def read_snapshot(
     schedule_limit: int = 0,
     error_limit: int = 0,
     chart_minutes: int = 0,
+    flow_key_limit: int = 0,
     using: str | None = None,
 ) -> Snapshot:
     """Read the queue's state from ``PQ_DATABASE`` (or ``using``) in one statement.
@@ -418,7 +422,8 @@ def read_snapshot(
     The queue counts, oldest ready ages, live workers, the table's size and the window's
     outcomes are always read. The lists are read up to their limits: ``running_limit``
     running tasks, ``schedule_limit`` schedules due next and as many disabled ones,
-    ``error_limit`` frequent errors, ``chart_minutes`` minutes of throughput. ``window``
+    ``error_limit`` frequent errors, ``chart_minutes`` minutes of throughput,
+    ``flow_key_limit`` flow keys with work (most waiting first). ``window``
     is in seconds; ``buckets`` (ascending) are the run-time histogram's bounds.
     """
     bounds = tuple(float(le) for le in buckets)
@@ -428,6 +433,7 @@ def read_snapshot(
         "running_limit": running_limit,
         "schedule_limit": schedule_limit,
         "error_limit": error_limit,
+        "flow_key_limit": flow_key_limit,
         "chart_minutes": chart_minutes,
     }
     with connections[using or pq_settings.DATABASE].cursor() as cursor:
@@ -482,6 +488,7 @@ def _decode(data: dict[str, Any], window: float, buckets: tuple[float, ...]) -> 
             FrequentError(**{**row, "latest_at": moment(row["latest_at"])})
             for row in data["errors"]
         ),
+        flow_keys=tuple(KeyNumbers(**row) for row in data["flow_keys"]),
         estimated_rows=int(data["estimated_rows"]),
         window=window,
         buckets=buckets,

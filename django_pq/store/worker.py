@@ -126,8 +126,8 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
     due = [] if include_scheduled else ["run_at <= now()"]
     filters = ["status = 'pending'", *due, *_claim_filters(config)]
     return f"""
-        -- The flow's clock is the statement's, not the transaction's: a claim that follows
-        -- a finish in one transaction spends the tokens due by now, not by its start.
+        -- The flow's clock is this statement's own, not its transaction start: a claim
+        -- after a finish in one transaction spends the tokens due by now.
         WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS at),
         held_back AS MATERIALIZED (
             SELECT key FROM pq_flow_keys WHERE is_paused

@@ -7,12 +7,11 @@ health check of the worker fleet), 2 for bad usage.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from django_pq.limits import KeyNumbers, busy_keys, describe_limit
+from django_pq.limits import KeyNumbers, describe_limit
 from django_pq.status import Snapshot, as_json, progress_fraction, snapshot
 
 #: Exit code when no worker holds a live lease.
@@ -43,8 +42,8 @@ def _flow_state(key: KeyNumbers) -> str:
     return "paused" if key.is_paused else "held by a failure" if key.is_held else ""
 
 
-def render(state: Snapshot, keys: list[KeyNumbers] | None = None) -> str:
-    """The human-readable report (``keys``: the busy flow keys)."""
+def render(state: Snapshot) -> str:
+    """The human-readable report."""
     out: list[str] = []
     # Queues with unfinished tasks; the finished ones are the next section's.
     unfinished = [c for c in state.per_queue() if c.ready or c.scheduled or c.running]
@@ -129,7 +128,7 @@ def render(state: Snapshot, keys: list[KeyNumbers] | None = None) -> str:
                 for s in state.disabled_schedules
             ],
         )
-    if keys:
+    if state.flow_keys:
         out += ["", "Flow keys (most waiting first)"]
         out += _table(
             ["key", "limit", "running", "waiting", "rate spent", "state"],
@@ -142,7 +141,7 @@ def render(state: Snapshot, keys: list[KeyNumbers] | None = None) -> str:
                     "-" if k.rate_spent is None else f"{k.rate_spent:.1f}",
                     _flow_state(k),
                 ]
-                for k in keys
+                for k in state.flow_keys
             ],
         )
     if not state.has_live_worker:
@@ -183,11 +182,9 @@ class Command(BaseCommand):
         state = snapshot(
             running_limit=options["running_limit"], schedule_limit=options["schedules"]
         )
-        keys = busy_keys()
         if options["json"]:
-            data = {**as_json(state), "flow_keys": [asdict(key) for key in keys]}
-            self.stdout.write(json.dumps(data, indent=2, default=str))
+            self.stdout.write(json.dumps(as_json(state), indent=2, default=str))
         else:
-            self.stdout.write(render(state, keys))
+            self.stdout.write(render(state))
         if not state.has_live_worker:
             raise SystemExit(NO_LIVE_WORKER)
