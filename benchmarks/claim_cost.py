@@ -6,7 +6,8 @@ A drain's figures are dominated by the fork (about 16 ms of a task's 17 on the 2
 machine of the performance page), so the few hundred microseconds a claim spends on flow
 keys drown in its noise. This measures the claim itself: over a backlog of 2,000 pending
 no-op tasks, ``--claims`` claims of one task each, every one in its own transaction that is
-rolled back (so the backlog stays as it is), timed from the client. Workloads:
+rolled back (so the backlog stays as it is), timed from the client, on a psycopg
+connection like the worker's (statements prepared after five runs). Workloads:
 
 - ``plain``: tasks without keys;
 - ``keyed``: a ``limit_key`` over 50 keys, under a limit that never binds
@@ -59,11 +60,14 @@ if workload == "keyed":
 else:
     pq.enqueue_many(pq.prepare(noop, queue="bench") for _ in range(2000))
 scope = sql.ClaimFilter(queues=["bench"])
-statement = sql.claim_statement(scope)
+# The statement the worker uses: the plain claim while no limit exists (where the
+# revision has one), the flow claim for keyed tasks under a limit.
+plain = getattr(sql, "plain_claim_statement", sql.claim_statement)
+statement = sql.claim_statement(scope) if workload == "keyed" else plain(scope)
 params = sql.claim_params(scope, str(uuid.uuid4()), 1)
-connection.ensure_connection()
-raw = connection.connection
-raw.autocommit = True
+import psycopg  # the worker's own kind of connection: statements prepared after 5 runs
+
+raw = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
 with raw.cursor() as cursor:
     cursor.execute("ANALYZE pq_tasks")
     for _ in range(60):  # the key rows, and a warm cache
@@ -80,7 +84,8 @@ with raw.cursor() as cursor:
         raw.rollback()
         assert any(row[0] is not None for row in rows), rows
 times.sort()
-print(json.dumps({"p50_ms": times[len(times) // 2] * 1000, "mean_ms": sum(times) / len(times) * 1000}))
+p50, mean = times[len(times) // 2], sum(times) / len(times)
+print(json.dumps({"p50_ms": p50 * 1000, "mean_ms": mean * 1000}))
 """
 
 

@@ -233,7 +233,7 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
             FROM chosen WHERE t.id = chosen.id
             RETURNING {_CLAIMED_COLUMNS}
         )
-        SELECT *, NULL::bigint, NULL::float8 FROM claimed
+        SELECT *, NULL::bigint, NULL::float8, NULL::boolean FROM claimed
         UNION ALL
         SELECT {_NO_TASK},
             -- Candidates left for a later round; a held sequence's are not "later".
@@ -249,7 +249,48 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
                   AND NOT is_paused AND NOT is_held AND NOT (key IN (SELECT key FROM spent))
             ) AS hints(key, moment) WHERE moment > clock_timestamp() AND EXISTS (
                 SELECT 1 FROM pq_tasks w WHERE w.limit_key = hints.key AND w.status = 'pending'
-                  AND NOT (w.id IN (SELECT id FROM chosen))))
+                  AND NOT (w.id IN (SELECT id FROM chosen)))),
+            {FLOW_IN_USE}
+    """
+
+
+#: Whether flow control has anything to enforce: a limit exists, or a key is paused.
+#: While not, the plain claim (:func:`plain_claim_statement`) serves, at its lower cost.
+FLOW_IN_USE = """(EXISTS (SELECT 1 FROM pq_limits)
+                  OR EXISTS (SELECT 1 FROM pq_flow_keys WHERE is_paused))"""
+
+
+def plain_claim_statement(config: ClaimScope) -> str:
+    """The claim while flow control has nothing to enforce: :func:`claim_statement`'s
+    order and reply, without its per-key work (planning it costs a fraction).
+
+    Safe whatever the rows say: it takes a task with a ``limit_key`` only while no limit
+    exists and no key is paused (decided in its own snapshot; a limit added meanwhile
+    applies from the next claim on), and its reply says whether flow control is in use,
+    so the worker switches to :func:`claim_statement` for the next round.
+    """
+    filters = ["status = 'pending'", "run_at <= now()", *_claim_filters(config)]
+    return f"""
+        WITH in_use AS MATERIALIZED (SELECT {FLOW_IN_USE} AS yes),
+        claimable AS MATERIALIZED (
+            SELECT id FROM pq_tasks
+            WHERE {" AND ".join(filters)}
+              AND (limit_key IS NULL OR NOT (SELECT yes FROM in_use))
+            ORDER BY priority DESC, fair_rank, run_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ),
+        claimed AS (
+            UPDATE pq_tasks t SET
+                status = 'running', worker_id = %(worker)s, run_token = gen_random_uuid(),
+                attempts = least(t.attempts, 2147483646) + 1, started_at = now(),
+                finished_at = NULL, is_cancel_requested = false, progress = NULL
+            FROM claimable WHERE t.id = claimable.id
+            RETURNING {_CLAIMED_COLUMNS}
+        )
+        SELECT *, NULL::bigint, NULL::float8, NULL::boolean FROM claimed
+        UNION ALL
+        SELECT {_NO_TASK}, 0, NULL, (SELECT yes FROM in_use)
     """
 
 
@@ -262,18 +303,22 @@ FLOW_ROUNDS = 4
 class FlowHints:
     """What a claim's flow limits held back: ``held_back`` candidates it did not take, and
     ``wait``, the seconds until the earliest held key may start again (None: no such key;
-    a key at its concurrency goes again when a task of it ends, which notifies)."""
+    a key at its concurrency goes again when a task of it ends, which notifies); ``in_use``:
+    whether flow control has anything to enforce (:data:`FLOW_IN_USE`)."""
 
     held_back: int
     wait: float | None
+    in_use: bool = True
 
 
 def claimed_rows(rows: Sequence[Sequence[Any]]) -> tuple[list[Claimed], FlowHints]:
     """A claim's reply (:func:`claim_statement`): the claimed tasks and the flow hints."""
-    claimed = [Claimed(*row[:-2]) for row in rows if row[0] is not None]
+    claimed = [Claimed(*row[:-3]) for row in rows if row[0] is not None]
     hints = [row for row in rows if row[0] is None]
-    held_back, wait = hints[0][-2:] if hints else (0, None)
-    return claimed, FlowHints(int(held_back or 0), None if wait is None else float(wait))
+    held_back, wait, in_use = hints[0][-3:] if hints else (0, None, True)
+    return claimed, FlowHints(
+        int(held_back or 0), None if wait is None else float(wait), bool(in_use)
+    )
 
 
 def claim_params(config: ClaimScope, worker_id: str, limit: int) -> dict[str, Any]:

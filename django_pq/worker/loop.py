@@ -87,6 +87,9 @@ class WorkerLoop:
         self.should_claim = True
         self.claim_came_back_short = False
         self.flow_rounds = 0
+        self.flow_in_use = True  # until a claim says otherwise
+        self.flow_claim = sql.claim_statement(config)
+        self.plain_claim = sql.plain_claim_statement(config)
         self.check_orphans = False
         self.cancel_hints: set[int] = set()  # task ids a notification named; not yet confirmed
         self.descendants = Descendants()
@@ -355,7 +358,9 @@ class WorkerLoop:
         if batch:
             statements.append(self.unwritten.finish_statement(batch))
         if limit:
-            claim_sql = sql.claim_statement(self.config)
+            # The plain claim while flow control has nothing to enforce (each claim's
+            # reply says whether it has), the flow claim while it has.
+            claim_sql = self.flow_claim if self.flow_in_use else self.plain_claim
             statements.append((claim_sql, sql.claim_params(self.config, self.id, limit)))
         if batch:
             crash_point("before_finish")
@@ -388,7 +393,12 @@ class WorkerLoop:
     def _follow_flow_hints(self, now: float, hints: sql.FlowHints, *, short: bool) -> None:
         """After a claim: limits that held candidates back may hide claimable work behind
         them (the next round leaves those keys out), so claim again at once, a few rounds
-        at most; a rate's next token or a sequence's next task sets the flow timer."""
+        at most; a rate's next token or a sequence's next task sets the flow timer. A
+        plain claim that learns flow control is in use claims again with the flow claim:
+        it left keyed tasks behind."""
+        if hints.in_use and not self.flow_in_use and short:
+            self.should_claim = True
+        self.flow_in_use = hints.in_use
         # Each claim knows the flow's next moment afresh (a key whose tasks are all gone
         # has none), so it replaces the last one.
         self.timers.flow.set(NEVER if hints.wait is None else now + max(hints.wait, 0.0))
