@@ -65,6 +65,10 @@ def resume_keys(
     modeladmin.message_user(request, f"Resumed {_keys(len(changing))}.", messages.SUCCESS)
 
 
+#: A key's numbers, on its list and its page.
+_NUMBERS = ("key", "limit", "running", "waiting", "rate_spent")
+
+
 class _RefusesNul:
     """Changelists whose filters and search reach PostgreSQL text: NUL is a 400."""
 
@@ -82,30 +86,11 @@ class _RefusesNul:
 class FlowKeyAdmin(_RefusesNul, FlowKeyModelAdmin):
     """Read-only numbers: rows are written by the claim; staff pause and resume them."""
 
-    list_display = [
-        "key",
-        "limit",
-        "running",
-        "waiting",
-        "rate_spent",
-        "is_paused",
-        "is_held",
-    ]
+    list_display = [*_NUMBERS, "is_paused", "is_held"]
     list_filter = ["is_paused", "is_held"]
     search_fields = ["key"]
     actions = [pause_keys, resume_keys]
-    fields = (
-        "key",
-        "limit",
-        "running",
-        "waiting",
-        "rate_spent",
-        "is_paused",
-        "paused_at",
-        "is_held",
-        "released_at",
-        "blocked_until",
-    )
+    fields = (*_NUMBERS, "is_paused", "paused_at", "is_held", "released_at", "blocked_until")
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[FlowKey]:

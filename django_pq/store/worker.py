@@ -88,6 +88,22 @@ _NO_TASK = (
 )
 
 
+def _claimed_from(chosen: str) -> str:
+    """The claim's last CTE, starting the ids of CTE ``chosen``, then its reply: the claimed
+    rows, and (the statement's next line) one row of flow hints after them."""
+    return f"""claimed AS (
+            UPDATE pq_tasks t SET
+                status = 'running', worker_id = %(worker)s, run_token = gen_random_uuid(),
+                -- Capped so a hand-written attempts of 2^31-1 cannot fail the whole claim.
+                attempts = least(t.attempts, 2147483646) + 1, started_at = now(),
+                finished_at = NULL, is_cancel_requested = false, progress = NULL
+            FROM {chosen} WHERE t.id = {chosen}.id
+            RETURNING {_CLAIMED_COLUMNS}
+        )
+        SELECT *, NULL::bigint, NULL::float8, NULL::boolean FROM claimed
+        UNION ALL"""
+
+
 def _claim_filters(config: ClaimScope) -> list[str]:
     filters = []
     if config.queues:
@@ -224,17 +240,7 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
             WHERE f.key = k.key
             RETURNING f.key, f.blocked_until, f.is_held
         ),
-        claimed AS (
-            UPDATE pq_tasks t SET
-                status = 'running', worker_id = %(worker)s, run_token = gen_random_uuid(),
-                -- Capped so a hand-written attempts of 2^31-1 cannot fail the whole claim.
-                attempts = least(t.attempts, 2147483646) + 1, started_at = now(),
-                finished_at = NULL, is_cancel_requested = false, progress = NULL
-            FROM chosen WHERE t.id = chosen.id
-            RETURNING {_CLAIMED_COLUMNS}
-        )
-        SELECT *, NULL::bigint, NULL::float8, NULL::boolean FROM claimed
-        UNION ALL
+        {_claimed_from("chosen")}
         SELECT {_NO_TASK},
             -- Candidates left for a later round; a held sequence's are not "later".
             (SELECT count(*) FROM candidates c WHERE NOT EXISTS (
@@ -280,16 +286,7 @@ def plain_claim_statement(config: ClaimScope) -> str:
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
         ),
-        claimed AS (
-            UPDATE pq_tasks t SET
-                status = 'running', worker_id = %(worker)s, run_token = gen_random_uuid(),
-                attempts = least(t.attempts, 2147483646) + 1, started_at = now(),
-                finished_at = NULL, is_cancel_requested = false, progress = NULL
-            FROM claimable WHERE t.id = claimable.id
-            RETURNING {_CLAIMED_COLUMNS}
-        )
-        SELECT *, NULL::bigint, NULL::float8, NULL::boolean FROM claimed
-        UNION ALL
+        {_claimed_from("claimable")}
         SELECT {_NO_TASK}, 0, NULL, (SELECT yes FROM in_use)
     """
 
