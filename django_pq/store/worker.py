@@ -260,10 +260,11 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
     """
 
 
-#: Whether flow control has anything to enforce: a limit exists, or a key is paused.
-#: While not, the plain claim (:func:`plain_claim_statement`) serves, at its lower cost.
 FLOW_IN_USE = """(EXISTS (SELECT 1 FROM pq_limits)
                   OR EXISTS (SELECT 1 FROM pq_flow_keys WHERE is_paused))"""
+"""A condition: flow control has anything to enforce (a limit exists, or a key is
+paused). While not, the plain claim (:func:`plain_claim_statement`) serves, at its lower
+cost; both claims report it."""
 
 
 def plain_claim_statement(config: ClaimScope) -> str:
