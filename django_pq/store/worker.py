@@ -247,13 +247,15 @@ def claim_statement(config: ClaimScope, *, include_scheduled: bool = False) -> s
                  SELECT 1 FROM chosen WHERE chosen.id = c.id)
                AND NOT EXISTS (SELECT 1 FROM spent WHERE spent.key = c.limit_key
                                AND spent.is_held)),
+            -- Against the clock the claim held keys back by: a moment this statement
+            -- outlived is due now (a wait of zero or less), not gone.
             (SELECT extract(epoch FROM min(moment) - clock_timestamp()) FROM (
                 SELECT key, blocked_until FROM spent WHERE NOT is_held
                 UNION ALL
                 SELECT key, blocked_until FROM pq_flow_keys
-                WHERE blocked_until > clock_timestamp()
+                WHERE blocked_until > (SELECT at FROM clock)
                   AND NOT is_paused AND NOT is_held AND NOT (key IN (SELECT key FROM spent))
-            ) AS hints(key, moment) WHERE moment > clock_timestamp() AND EXISTS (
+            ) AS hints(key, moment) WHERE moment IS NOT NULL AND EXISTS (
                 SELECT 1 FROM pq_tasks w WHERE w.limit_key = hints.key AND w.status = 'pending'
                   AND NOT (w.id IN (SELECT id FROM chosen)))),
             {FLOW_IN_USE}
