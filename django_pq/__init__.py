@@ -29,6 +29,11 @@ _EXPORTS = {
     "current_task": "django_pq.context",
     "set_progress": "django_pq.context",
     "TaskContext": "django_pq.context",
+    "chain": "django_pq.dependencies",
+    "batch": "django_pq.dependencies",
+    "cancel_batch": "django_pq.dependencies",
+    "retry_batch": "django_pq.dependencies",
+    "BatchHandle": "django_pq.dependencies",
     "pause_key": "django_pq.limits",
     "resume_key": "django_pq.limits",
     "sync_limits": "django_pq.limits",
@@ -56,6 +61,7 @@ if TYPE_CHECKING:
     from django_pq.context import TaskContext, current_task, set_progress
     from django_pq.declared import periodic, sync_schedules
     from django_pq.declared_tasks import task
+    from django_pq.dependencies import BatchHandle, batch, cancel_batch, chain, retry_batch
     from django_pq.enqueueing import (
         PreparedTask,
         cancel,

@@ -43,8 +43,17 @@ class TaskContext:
     slot: datetime | None
     deadline: datetime | None  # when the worker stops the run (max_runtime), if ever
     _writer: ProgressWriter | None = field(default=None, repr=False)
+    #: Reads a task's batch by its id (the worker's child gives it; a layer above this).
+    _batch_reader: Callable[[int], Any] | None = field(default=None, repr=False)
     _written_at: float = field(default=-math.inf, repr=False)
     _unwritten: dict[str, object] | None = field(default=None, repr=False)
+
+    @property
+    def batch(self) -> Any:
+        """The batch or chain this task belongs to (a member or a callback): a
+        :class:`~django_pq.dependencies.BatchHandle` with its id, members, counts by
+        status and results; None when it belongs to none. Read when asked."""
+        return self._batch_reader(self.id) if self._batch_reader is not None else None
 
     @property
     def is_last_attempt(self) -> bool:
@@ -131,7 +140,11 @@ def set_progress(done: float, total: float | None = None, message: str | None = 
     context._progress({"done": done, "total": total, "message": message})
 
 
-def from_claim(claimed: Any, writer: ProgressWriter | None) -> TaskContext:
+def from_claim(
+    claimed: Any,
+    writer: ProgressWriter | None,
+    batch_reader: Callable[[int], Any] | None = None,
+) -> TaskContext:
     """A context for the run of ``claimed`` (the worker's ``Claimed``) that starts now."""
     now = time.time()
     slot, limit = claimed.slot, claimed.runtime_limit
@@ -147,4 +160,5 @@ def from_claim(claimed: Any, writer: ProgressWriter | None) -> TaskContext:
         slot=None if slot is None else datetime.fromtimestamp(slot, UTC),
         deadline=None if limit is None else datetime.fromtimestamp(now + limit, UTC),
         _writer=writer,
+        _batch_reader=batch_reader,
     )

@@ -44,7 +44,15 @@ class Overview:
         queues = self.snapshot.per_queue()
         sums = {
             name: sum(getattr(counts, name) for counts in queues)
-            for name in ("ready", "scheduled", "running", "completed", "failed", "cancelled")
+            for name in (
+                "ready",
+                "scheduled",
+                "running",
+                "blocked",
+                "completed",
+                "failed",
+                "cancelled",
+            )
         }
         object.__setattr__(self, "queues", queues)
         object.__setattr__(self, "totals", QueueCounts(queue="all queues", **sums))

@@ -35,7 +35,7 @@ __all__ = ["PreparedTask", "cancel", "enqueue", "enqueue_many", "prepare", "retr
 
 #: Keyword arguments that ``enqueue``, ``prepare`` and ``upsert`` keep for themselves; every
 #: other keyword argument goes to the task function.
-RESERVED_OPTIONS = ("run_at", "client_id", *DECLARABLE_OPTIONS)
+RESERVED_OPTIONS = ("run_at", "client_id", "after", "run_anyway", *DECLARABLE_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,14 @@ class PreparedTask:
     keep_result: float | None = None
     limit_key: str | None = None
     fair_key: str | None = None
+    #: The existing tasks it waits for (``after=``), by id; see :mod:`django_pq.dependencies`.
+    after: tuple[int, ...] = ()
+    run_if: str | None = None  # None: only if they all completed; "ended": run_anyway
+    # Set by the call that writes it (chains, batches), not by prepare():
+    status: str = "pending"
+    has_dependents: bool = False
+    takes_result: bool = False
+    batch_id: int | None = None
 
 
 def _check_priority(priority: Any) -> int:
@@ -271,6 +279,29 @@ def _max_attempts(declared: dict[str, Any], given: dict[str, Any]) -> int:
     return check_max_attempts(None)
 
 
+def _check_after(after: Any) -> tuple[int, ...]:
+    """``after=``: tasks or their ids, each once, in the order given."""
+    if after is None:
+        return ()
+    if isinstance(after, Task | int) and not isinstance(after, bool):
+        after = [after]
+    if isinstance(after, str | bytes) or not isinstance(after, Iterable):
+        raise TaskRefused(f"after={after!r} must be a list of tasks or task ids.")
+    ids: list[int] = []
+    for item in after:
+        if isinstance(item, Task) and item.pk is not None:
+            task_id = item.pk
+        elif isinstance(item, int) and not isinstance(item, bool) and 0 < item <= 2**63 - 1:
+            task_id = item
+        else:
+            raise TaskRefused(
+                f"after= holds {item!r}: give saved tasks (what enqueue() returned) or their ids."
+            )
+        if task_id not in ids:
+            ids.append(task_id)
+    return tuple(ids)
+
+
 def prepare(func: Callable[..., Any], *args: Any, **kwargs: Any) -> PreparedTask:
     """Validate and encode one task call without writing it; see :func:`enqueue` for options.
 
@@ -301,7 +332,15 @@ def prepare(func: Callable[..., Any], *args: Any, **kwargs: Any) -> PreparedTask
         keep_result=_check_keep_result(options.get("keep_result")),
         limit_key=_derived_key("limit_key", func, options.get("limit_key"), args, kwargs),
         fair_key=_derived_key("fair_key", func, options.get("fair_key"), args, kwargs),
+        after=_check_after(given.get("after")),
+        run_if="ended" if _check_run_anyway(given.get("run_anyway", False)) else None,
     )
+
+
+def _check_run_anyway(run_anyway: Any) -> bool:
+    if not isinstance(run_anyway, bool):
+        raise TaskRefused(f"run_anyway={run_anyway!r} must be True or False.")
+    return run_anyway
 
 
 def _row_params(prepared: PreparedTask, fair_turn: int = 1) -> list[Any]:
@@ -332,10 +371,20 @@ def enqueue_many(prepared: Iterable[PreparedTask], *, skip_duplicates: bool = Fa
 
     A ``client_id`` that already exists raises :class:`DuplicateClientId` and writes none of
     them, unless ``skip_duplicates`` is true, in which case those are left out of the result.
+    Prepared tasks that wait for others (``after=``) are written with their dependencies.
     """
     batch = list(prepared)
     if not batch:
         return []
+    if any(task.after for task in batch):
+        if skip_duplicates:
+            raise TaskRefused(
+                "skip_duplicates=True cannot be combined with after=: a task left out "
+                "would leave what waits for it waiting; enqueue those separately."
+            )
+        from django_pq.dependencies import write_structure
+
+        return write_structure(batch, [])
     alias = pq_settings.DATABASE
     # A savepoint, so a refused batch leaves none of its rows in the caller's transaction.
     with transaction.atomic(using=alias):
@@ -369,6 +418,9 @@ def enqueue(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Task:
       concurrency, rate and order across all workers. A key no limit names runs unlimited.
     - ``fair_key``: who the task is for (a tenant): tasks of different fair keys are
       claimed round-robin within a priority, so one key's backlog does not delay another's.
+    - ``after``: tasks (or ids) to wait for: the task is ``blocked`` until they have all
+      ended, then runs if they all completed; if one fails for good or is cancelled it is
+      cancelled (``dependency_failed``), unless ``run_anyway=True``.
 
     A function declared with ``@pq.task(...)`` brings its defaults for these; an option
     given here wins.
@@ -376,6 +428,10 @@ def enqueue(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Task:
     Inside ``transaction.atomic()`` the task exists only if that transaction commits.
     """
     prepared = prepare(func, *args, **kwargs)
+    if prepared.after:
+        from django_pq.dependencies import write_structure
+
+        return write_structure([prepared], [])[0]
     written = store.write_rows(store.INSERT_ONE, _row_params(prepared))
     if not written:
         # Nothing failed inside the database, so the caller's transaction is still usable.
@@ -392,6 +448,11 @@ def upsert(func: Callable[..., Any], *args: Any, client_id: str, **kwargs: Any) 
     upserts of one ``client_id`` serialize on the row.
     """
     prepared = prepare(func, *args, client_id=client_id, **kwargs)
+    if prepared.after or prepared.run_if:
+        raise TaskRefused(
+            "upsert() takes no after= or run_anyway=: a replaced version would change what "
+            "waits for what; use enqueue(..., after=...) instead."
+        )
     return store.write_rows(store.UPSERT, _row_params(prepared))[0]
 
 
@@ -410,8 +471,9 @@ def _change_one(sql: str, task: Task | int) -> bool:
 def cancel(task: Task | int) -> bool:
     """Cancel a task. Returns whether it was cancelled (False: it had already finished).
 
-    A pending task becomes ``cancelled`` at once. A running task is marked, and its worker
-    stops it and records ``cancelled``; a version parked on it by ``upsert`` is dropped.
+    A pending or blocked task becomes ``cancelled`` at once. A running task is marked, and
+    its worker stops it and records ``cancelled``; a version parked on it by ``upsert`` is
+    dropped.
     """
     return _change_one(store.CANCEL, task)
 

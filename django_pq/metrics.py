@@ -109,7 +109,7 @@ class PQCollector:
 
         tasks = metrics.GaugeMetricFamily(
             "pq_tasks",
-            "Unfinished tasks by queue, state (ready, scheduled, running) and priority.",
+            "Unfinished tasks by queue, state (ready, scheduled, running, blocked) and priority.",
             labels=["queue", "state", "priority"],
         )
         for group in state.queues:
@@ -117,7 +117,7 @@ class PQCollector:
                 tasks.add_metric([group.queue, "ready", str(group.priority)], group.ready)
                 tasks.add_metric([group.queue, "scheduled", str(group.priority)], group.scheduled)
             else:
-                tasks.add_metric([group.queue, "running", str(group.priority)], group.count)
+                tasks.add_metric([group.queue, group.status, str(group.priority)], group.count)
         yield tasks
 
         age = metrics.GaugeMetricFamily(

@@ -48,6 +48,10 @@ class Status(models.TextChoices):
     It moves only along ``pending → running → completed | failed | cancelled``,
     ``running → pending`` (a retry with backoff, or a version parked by ``upsert``) and
     ``failed | cancelled → pending`` (``retry()``); ``pending → cancelled`` by ``cancel()``.
+    A task that waits for others (``after=``, chains, batch callbacks) starts ``blocked``
+    and moves ``blocked → pending`` when the last of them ends, or ``blocked → cancelled``
+    (``dependency_failed``, or its condition not met); ``retry()`` of the dependency that
+    cancelled it moves it back to ``blocked``.
     """
 
     PENDING = "pending", _("pending")
@@ -55,6 +59,7 @@ class Status(models.TextChoices):
     COMPLETED = "completed", _("completed")
     FAILED = "failed", _("failed")
     CANCELLED = "cancelled", _("cancelled")
+    BLOCKED = "blocked", _("blocked")
 
 
 FINISHED_STATUSES = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
@@ -92,6 +97,15 @@ class ErrorCode(models.TextChoices):
     CANCELLED = "cancelled", _("the task was cancelled")
     RETRY_LATER = "retry_later", _("the task asked to run again later (pq.RetryLater)")
     RETRY_REFUSED = "retry_refused", _("the task asked to run again past its max_attempts")
+    DEPENDENCY_FAILED = "dependency_failed", _("a task it waited for failed or was cancelled")
+
+
+class RunIf(models.TextChoices):
+    """When a task that waits for others runs, once they have all ended (``run_if``;
+    NULL: only if they all completed, and it is cancelled as soon as one fails)."""
+
+    ENDED = "ended", _("whatever they ended as (run_anyway, on_finish)")
+    FAILED = "failed", _("only if one failed or was cancelled (on_failure)")
 
 
 def _moment_check(field: str, name: str, *, nullable: bool = False) -> models.CheckConstraint:
@@ -190,7 +204,7 @@ class Task(models.Model):
     is_cancel_requested = models.BooleanField(default=False)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
-    error_code = models.CharField(max_length=16, choices=ErrorCode.choices, blank=True, default="")
+    error_code = models.CharField(max_length=32, choices=ErrorCode.choices, blank=True, default="")
     periodic = models.ForeignKey(
         "Periodic", null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
     )
@@ -238,6 +252,29 @@ class Task(models.Model):
     # Set by the enqueue statement for a row with a fair_key: its turn among the pending
     # rows of its priority; 0 for every other row (see store.tasks).
     fair_rank = models.BigIntegerField(default=0, db_default=0)
+    # Dependencies (pq_dependencies): whether any task waits for this one, so only such
+    # rows' ends do the work of deciding what they release (the trigger's WHEN).
+    has_dependents = models.BooleanField(default=False, db_default=False)
+    run_if = models.CharField(  # noqa: DJ001
+        max_length=8,
+        choices=RunIf.choices,
+        null=True,
+        blank=True,
+        help_text="When a waiting task runs once its dependencies ended; empty: all completed.",
+    )
+    takes_result = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="A chain step: the previous step's result becomes its first argument.",
+    )
+    batch = models.ForeignKey(
+        "Batch",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tasks",
+        db_index=False,  # a partial index below: most tasks belong to no batch
+    )
 
     objects = TaskQuerySet.as_manager()
 
@@ -252,6 +289,10 @@ class Task(models.Model):
         constraints = [
             _priority_check("pq_tasks_priority_range"),
             _choices_check("status", Status, "pq_tasks_status_valid"),
+            models.CheckConstraint(
+                condition=Q(run_if__isnull=True) | Q(run_if__in=RunIf.values),
+                name="pq_tasks_run_if_valid",
+            ),
             models.CheckConstraint(
                 condition=Q(error_code="") | Q(error_code__in=ErrorCode.values),
                 name="pq_tasks_error_code_valid",
@@ -324,6 +365,12 @@ class Task(models.Model):
                 condition=Q(status__in=["completed", "failed", "cancelled"]),
             ),
             models.Index(fields=["name", "-id"], name="pq_tasks_name"),
+            models.Index(
+                fields=["batch", "status"],
+                name="pq_tasks_batch",
+                condition=Q(batch__isnull=False),
+            ),
+            models.Index(fields=["id"], name="pq_tasks_blocked", condition=Q(status="blocked")),
             # The admin's failed/cancelled views, newest first, without reading all history.
             models.Index(
                 fields=["-id"],
@@ -681,3 +728,100 @@ class FlowKey(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class BatchKind(models.TextChoices):
+    BATCH = "batch", _("batch")
+    CHAIN = "chain", _("chain")
+
+
+class Batch(models.Model):
+    """A batch or a chain (``pq_batches``): its members are the tasks whose ``batch`` it
+    is; callbacks are tasks that wait for every member, run by condition."""
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=8, choices=BatchKind.choices, default=BatchKind.BATCH)
+    created_at = models.DateTimeField(db_default=Now())
+    on_success = models.ForeignKey(
+        Task,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,  # ON DELETE SET NULL in the database (0006): pruning deletes
+    )
+    on_failure = models.ForeignKey(
+        Task,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,  # ON DELETE SET NULL in the database (0006): pruning deletes
+    )
+    on_finish = models.ForeignKey(
+        Task,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_constraint=False,  # ON DELETE SET NULL in the database (0006): pruning deletes
+    )
+
+    class Meta:
+        db_table = "pq_batches"
+        ordering = ["-id"]
+        verbose_name_plural = "batches"
+        constraints = [_choices_check("kind", BatchKind, "pq_batches_kind_valid")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk}"
+
+    @property
+    def callback_ids(self) -> list[int]:
+        ids = (self.on_success_id, self.on_failure_id, self.on_finish_id)
+        return [task_id for task_id in ids if task_id is not None]
+
+
+class Dependency(models.Model):
+    """One task waiting for another (``pq_dependencies``): ``task`` runs after
+    ``depends_on`` ends. ``satisfied`` once it has; rows stay, for the admin's links and
+    for ``retry()`` to revive what a failure cancelled."""
+
+    id = models.BigAutoField(primary_key=True)
+    # ON DELETE CASCADE in the database (0006): pruning deletes tasks in SQL.
+    task = models.ForeignKey(
+        Task, on_delete=models.CASCADE, related_name="dependencies", db_constraint=False
+    )
+    depends_on = models.ForeignKey(
+        Task,
+        on_delete=models.CASCADE,
+        related_name="dependents",
+        db_index=False,
+        db_constraint=False,
+    )
+    satisfied = models.BooleanField(default=False, db_default=False)
+    # Both ends written by the same call (a chain, a batch): no one else could end the
+    # dependency before that transaction commits, so its commit need not check.
+    is_fresh = models.BooleanField(default=False, db_default=False)
+
+    class Meta:
+        db_table = "pq_dependencies"
+        constraints = [
+            models.UniqueConstraint(fields=["task", "depends_on"], name="pq_dependencies_once"),
+            models.CheckConstraint(
+                condition=~Q(task=models.F("depends_on")), name="pq_dependencies_not_itself"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["depends_on"], name="pq_dependencies_dependents"),
+            # What a task still waits for, newest first: a finish looks for one.
+            models.Index(
+                "task",
+                models.F("depends_on").desc(),
+                name="pq_dependencies_waiting",
+                condition=Q(satisfied=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"task #{self.task_id} after #{self.depends_on_id}"

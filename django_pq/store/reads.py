@@ -53,6 +53,10 @@ QUEUE_COUNTS = """
     SELECT queue, 'running', priority, count(*), 0
     FROM pq_tasks WHERE status = 'running'
     GROUP BY queue, priority
+    UNION ALL
+    SELECT queue, 'blocked', priority, count(*), 0
+    FROM pq_tasks WHERE status = 'blocked'
+    GROUP BY queue, priority
     ORDER BY 1, 2, 3 DESC
 """
 """Unfinished tasks by queue, status and priority, with how many pending ones are due.
@@ -336,6 +340,7 @@ class QueueCounts:
     ready: int = 0
     scheduled: int = 0
     running: int = 0
+    blocked: int = 0  # waiting for other tasks to end
     completed: int = 0
     failed: int = 0
     cancelled: int = 0
@@ -400,7 +405,7 @@ class Snapshot:
                 queue["ready"] = queue.get("ready", 0) + count.ready
                 queue["scheduled"] = queue.get("scheduled", 0) + count.scheduled
             else:
-                queue["running"] = queue.get("running", 0) + count.count
+                queue[count.status] = queue.get(count.status, 0) + count.count
         for outcome in self.outcomes:
             cells.setdefault(outcome.queue, {})[outcome.status] = outcome.count
         return [QueueCounts(queue, **cells[queue]) for queue in sorted(cells)]

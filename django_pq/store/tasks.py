@@ -35,6 +35,11 @@ ROW_COLUMNS = (
     "keep_result",
     "limit_key",
     "fair_key",
+    "status",  # pending, or blocked: it waits for other tasks (django_pq.dependencies)
+    "has_dependents",
+    "run_if",
+    "takes_result",
+    "batch_id",
     "fair_turn",  # last: not a field of PreparedTask, but its place in the batch
 )
 
@@ -44,10 +49,11 @@ _ROWS = """
         %s::text[], %s::text[], %s::jsonb[], %s::smallint[], %s::timestamptz[],
         %s::interval[], %s::text[], %s::integer[], %s::double precision[],
         %s::double precision[], %s::jsonb[], %s::double precision[], %s::text[], %s::text[],
-        %s::bigint[]
+        %s::text[], %s::boolean[], %s::text[], %s::boolean[], %s::bigint[], %s::bigint[]
     ) WITH ORDINALITY
     AS r(queue, name, payload, priority, run_at, delay, client_id, max_attempts, max_runtime,
-         soft_runtime, retry_policy, keep_result, limit_key, fair_key, fair_turn, n)
+         soft_runtime, retry_policy, keep_result, limit_key, fair_key, status, has_dependents,
+         run_if, takes_result, batch_id, fair_turn, n)
 """
 # One row from scalar parameters, which binds faster than one-element arrays.
 _ONE_ROW = """
@@ -56,17 +62,20 @@ _ONE_ROW = """
         %s::integer AS max_attempts, %s::double precision AS max_runtime,
         %s::double precision AS soft_runtime, %s::jsonb AS retry_policy,
         %s::double precision AS keep_result, %s::text AS limit_key, %s::text AS fair_key,
-        %s::bigint AS fair_turn, 1 AS n
+        %s::text AS status, %s::boolean AS has_dependents, %s::text AS run_if,
+        %s::boolean AS takes_result, %s::bigint AS batch_id, %s::bigint AS fair_turn, 1 AS n
 """
 _INSERT = """
     INSERT INTO pq_tasks AS t (
         queue, name, payload, priority, run_at, client_id, max_attempts, max_runtime,
         soft_runtime, retry_policy, keep_result, limit_key, fair_key, fair_rank, status,
-        attempts, error, error_code, is_cancel_requested
+        has_dependents, run_if, takes_result, batch_id, attempts, error, error_code,
+        is_cancel_requested
     )
     SELECT r.queue, r.name, r.payload, r.priority, COALESCE(r.run_at, now() + r.delay, now()),
         r.client_id, r.max_attempts, r.max_runtime, r.soft_runtime, r.retry_policy,
-        r.keep_result, r.limit_key, r.fair_key, {fair_rank}, 'pending', 0, '', '', false
+        r.keep_result, r.limit_key, r.fair_key, {fair_rank}, r.status, r.has_dependents,
+        r.run_if, r.takes_result, r.batch_id, 0, '', '', false
     FROM ({rows}) AS r
     ORDER BY r.n
 """
@@ -145,20 +154,20 @@ Concurrent upserts of one ``client_id`` serialize on the row."""
 CANCEL = """
     WITH changed AS (
         UPDATE pq_tasks SET
-            status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
-            error_code = CASE WHEN status = 'pending' THEN 'cancelled' ELSE error_code END,
-            error = CASE WHEN status = 'pending' THEN 'Cancelled before it started.'
-                    ELSE error END,
-            finished_at = CASE WHEN status = 'pending' THEN now() ELSE finished_at END,
+            status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
+            error_code = CASE WHEN status = 'running' THEN error_code ELSE 'cancelled' END,
+            error = CASE WHEN status = 'running' THEN error
+                    ELSE 'Cancelled before it started.' END,
+            finished_at = CASE WHEN status = 'running' THEN finished_at ELSE now() END,
             is_cancel_requested = (status = 'running'),
             requeue = NULL
-        WHERE id = ANY(%s) AND status IN ('pending', 'running')
+        WHERE id = ANY(%s) AND status IN ('pending', 'blocked', 'running')
         RETURNING id, status
     )
     SELECT id, status, CASE WHEN status = 'running' THEN pg_notify(%s, {cancel}) END
     FROM changed
 """.format(cancel=cancel_requested_sql("id"))
-"""Cancel tasks ``%s``: a pending one becomes ``cancelled`` at once; a running one is
+"""Cancel tasks ``%s``: a pending or blocked one becomes ``cancelled`` at once; a running one is
 marked, and its worker (told by NOTIFY, which it confirms against this mark) stops it. A
 version parked by upsert is dropped. Returns (id, new status) per changed row."""
 
@@ -277,7 +286,7 @@ for, so a task never blocks on its own progress. Returns the id when it wrote.""
 
 MARK_AWAITED = """
     UPDATE pq_tasks SET is_awaited = true
-    WHERE id = %s AND status IN ('pending', 'running') AND NOT is_awaited
+    WHERE id = %s AND status IN ('pending', 'blocked', 'running') AND NOT is_awaited
 """
 """Mark task ``%s`` as waited on (``task.wait()``): the statements that end it then
 announce its end on the notify channel's ``_done`` sibling."""

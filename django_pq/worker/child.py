@@ -34,6 +34,7 @@ from django_pq.codec import decode_payload, encode_value
 from django_pq.conf import pq_settings
 from django_pq.context import ProgressWriter, from_claim, running
 from django_pq.declared_tasks import is_declared
+from django_pq.dependencies import batch_of
 from django_pq.exceptions import NotATaskFunction, PayloadError, TimeLimitExceeded
 from django_pq.retry_policy import RetryLater, exception_name
 from django_pq.store.worker import Claimed
@@ -207,7 +208,7 @@ def run_task(
     own_writer = None
     if progress_writer is None:
         progress_writer = own_writer = OwnConnectionWriter(claimed.id, claimed.run_token)
-    context = from_claim(claimed, progress_writer)
+    context = from_claim(claimed, progress_writer, batch_of)
     try:
         with running(context):
             return _run_with_hooks(func, claimed, args, kwargs, max_memory_mb)

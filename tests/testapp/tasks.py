@@ -235,3 +235,16 @@ def leak(megabytes: int) -> int:
     """Keep memory after returning, as a leaky task would (matters for reused children)."""
     _LEAKED.append(b"x" * (megabytes * 1024 * 1024))
     return os.getpid()
+
+
+def report_batch(key: str = "") -> dict[str, object]:
+    """A batch callback: what pq.current_task().batch says, recorded in the ledger too."""
+    from django_pq.context import current_task
+
+    _ledger_write("start", key)
+    found = current_task()
+    batch = found.batch if found is not None else None
+    _ledger_write("end", key)
+    if batch is None:
+        return {"batch": None}
+    return {"batch": batch.id, "counts": batch.counts, "results": len(batch.results())}

@@ -46,7 +46,7 @@ def render(state: Snapshot) -> str:
     """The human-readable report."""
     out: list[str] = []
     # Queues with unfinished tasks; the finished ones are the next section's.
-    unfinished = [c for c in state.per_queue() if c.ready or c.scheduled or c.running]
+    unfinished = [c for c in state.per_queue() if c.ready or c.scheduled or c.running or c.blocked]
     out.append("Queues")
     if unfinished:
         rows = [
@@ -55,11 +55,12 @@ def render(state: Snapshot) -> str:
                 str(c.ready),
                 str(c.scheduled),
                 str(c.running),
+                str(c.blocked),
                 _age(state.oldest_ready_age[c.queue]) if c.queue in state.oldest_ready_age else "-",
             ]
             for c in unfinished
         ]
-        out += _table(["queue", "ready", "scheduled", "running", "oldest ready"], rows)
+        out += _table(["queue", "ready", "scheduled", "running", "blocked", "oldest ready"], rows)
     else:
         out.append("  (no pending or running tasks)")
     if state.finished:
