@@ -373,6 +373,8 @@ _RESULT_ID = re.compile(r"[0-9]+")
 
 _STATUS = {
     Status.PENDING: TaskResultStatus.READY,
+    # Waiting for other tasks (after=, chains, batches): not running yet, so READY.
+    Status.BLOCKED: TaskResultStatus.READY,
     Status.RUNNING: TaskResultStatus.RUNNING,
     Status.COMPLETED: TaskResultStatus.SUCCESSFUL,
     Status.FAILED: TaskResultStatus.FAILED,

@@ -162,11 +162,15 @@ class TaskQuerySet(models.QuerySet["Task"]):
     def cancelled(self) -> TaskQuerySet:
         return self.filter(status=Status.CANCELLED)
 
+    def blocked(self) -> TaskQuerySet:
+        """Tasks waiting for other tasks to end (``after=``, chains, batch callbacks)."""
+        return self.filter(status=Status.BLOCKED)
+
     def finished(self) -> TaskQuerySet:
         return self.filter(status__in=FINISHED_STATUSES)
 
     def unfinished(self) -> TaskQuerySet:
-        return self.filter(status__in=(Status.PENDING, Status.RUNNING))
+        return self.filter(status__in=(Status.PENDING, Status.RUNNING, Status.BLOCKED))
 
     def for_function(self, func_or_name: Any) -> TaskQuerySet:
         """Tasks of one function, given the function itself or its ``module:name`` path."""

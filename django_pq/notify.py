@@ -85,6 +85,15 @@ def cancel_requested(task_id: int) -> str:
     return f"c:{task_id}"
 
 
+#: The session setting naming the channel on which the database's own functions (the
+#: dependencies' triggers, which know no Django settings) announce tasks they release;
+#: unset, they use the default channel. Set by django_pq on its connections when
+#: PQ_NOTIFY_CHANNEL is not the default.
+CHANNEL_SETTING = "django_pq.notify_channel"
+DEFAULT_CHANNEL = "django_pq"
+SET_CHANNEL = f"SELECT set_config('{CHANNEL_SETTING}', %s, false)"
+
+
 def task_ready_sql(run_at: str, queue: str) -> str:
     """A SQL expression building the ``t:`` payload from the SQL expressions given."""
     return f"'t:' || extract(epoch FROM {run_at})::text || ':' || {queue}"

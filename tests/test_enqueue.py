@@ -508,7 +508,7 @@ class TestQuerySets:
         for status in Status.values:
             assert getattr(Task.objects, status)().count() == 2
         assert Task.objects.finished().count() == 6
-        assert Task.objects.unfinished().count() == 4
+        assert Task.objects.unfinished().count() == 6
 
     def test_ready_and_scheduled_use_the_database_clock(self):
         ready = pq.enqueue(tasks.noop)

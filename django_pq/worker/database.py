@@ -22,6 +22,7 @@ import psycopg
 from django.db import connections
 from psycopg.sql import SQL, Identifier
 
+from django_pq.notify import DEFAULT_CHANNEL, SET_CHANNEL
 from django_pq.worker.faults import STATEMENTS, cuts_connection
 
 logger = logging.getLogger("django_pq.worker")
@@ -97,6 +98,8 @@ class Database:
                 connect_timeout=5,
             )
             conn.add_notify_handler(lambda notify: self._dispatch(notify.payload))
+            if self.channel != DEFAULT_CHANNEL:
+                conn.execute(SET_CHANNEL, [self.channel])
             if self.listen:
                 # Quoted: pg_notify() names the channel exactly as written, capitals
                 # and keywords (PQ_NOTIFY_CHANNEL = "order") included.

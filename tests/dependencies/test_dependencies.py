@@ -256,3 +256,20 @@ def test_the_testing_helper_runs_what_waits_inside_a_test_transaction():
     assert [o.status for o in outcomes] == ["completed"] * 4
     assert status(waiting) == ("completed", "")
     assert Task.objects.get(pk=steps[1].pk).decoded_result() == 7
+
+
+def test_a_released_task_is_announced_on_the_configured_channel(settings):
+    settings.PQ_NOTIFY_CHANNEL = "Orders_Channel"
+    connection.close()  # the next connection names the channel (connection_created)
+    first = pq.enqueue(tasks.noop)
+    waiting = pq.enqueue(tasks.noop, after=[first], queue="mail")
+    with psycopg.connect(_url(), autocommit=True) as listener:
+        listener.execute('LISTEN "Orders_Channel"')
+        with connection.cursor() as cursor:  # ends it the way the worker's finish does
+            cursor.execute(
+                "UPDATE pq_tasks SET status = 'completed', finished_at = now() WHERE id = %s",
+                [first.pk],
+            )
+        heard = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+    assert status(waiting) == ("pending", "")
+    assert heard and heard[0].startswith("t:") and heard[0].endswith(":mail")
