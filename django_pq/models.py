@@ -750,25 +750,31 @@ class Batch(models.Model):
         Task,
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        # ON DELETE SET NULL in the database (0006), for pruning's SQL and the ORM alike:
+        # the ORM's deletes of tasks stay single statements.
+        on_delete=models.DO_NOTHING,
         related_name="+",
-        db_constraint=False,  # ON DELETE SET NULL in the database (0006): pruning deletes
+        db_constraint=False,
     )
     on_failure = models.ForeignKey(
         Task,
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        # ON DELETE SET NULL in the database (0006), for pruning's SQL and the ORM alike:
+        # the ORM's deletes of tasks stay single statements.
+        on_delete=models.DO_NOTHING,
         related_name="+",
-        db_constraint=False,  # ON DELETE SET NULL in the database (0006): pruning deletes
+        db_constraint=False,
     )
     on_finish = models.ForeignKey(
         Task,
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        # ON DELETE SET NULL in the database (0006), for pruning's SQL and the ORM alike:
+        # the ORM's deletes of tasks stay single statements.
+        on_delete=models.DO_NOTHING,
         related_name="+",
-        db_constraint=False,  # ON DELETE SET NULL in the database (0006): pruning deletes
+        db_constraint=False,
     )
 
     class Meta:
@@ -792,13 +798,14 @@ class Dependency(models.Model):
     for ``retry()`` to revive what a failure cancelled."""
 
     id = models.BigAutoField(primary_key=True)
-    # ON DELETE CASCADE in the database (0006): pruning deletes tasks in SQL.
+    # ON DELETE CASCADE in the database (0006), for pruning's SQL and the ORM alike: the
+    # ORM's deletes of tasks stay single statements (no rows loaded to cascade).
     task = models.ForeignKey(
-        Task, on_delete=models.CASCADE, related_name="dependencies", db_constraint=False
+        Task, on_delete=models.DO_NOTHING, related_name="dependencies", db_constraint=False
     )
     depends_on = models.ForeignKey(
         Task,
-        on_delete=models.CASCADE,
+        on_delete=models.DO_NOTHING,
         related_name="dependents",
         db_index=False,
         db_constraint=False,

@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("models and data layer", ("models", "store", "waiting")),
     (
         "enqueueing and schedules",
-        ("enqueueing", "schedules", "declared", "declared_tasks", "limits"),
+        ("enqueueing", "schedules", "declared", "declared_tasks", "limits", "dependencies"),
     ),
     (
         "worker, admin, backend, commands",

@@ -35,7 +35,15 @@ def refused(statement: str, params: list | None = None) -> str:
 
 def test_migrate_creates_the_tables():
     tables = {row[0] for row in sql("SELECT tablename FROM pg_tables WHERE tablename LIKE 'pq_%%'")}
-    assert tables == {"pq_tasks", "pq_periodic", "pq_workers", "pq_limits", "pq_flow_keys"}
+    assert tables == {
+        "pq_tasks",
+        "pq_periodic",
+        "pq_workers",
+        "pq_limits",
+        "pq_flow_keys",
+        "pq_dependencies",
+        "pq_batches",
+    }
 
 
 def test_claim_index_is_partial_on_pending_and_ordered_like_the_claim():
@@ -214,4 +222,5 @@ def test_priority_labels(value, label):
 
 def test_status_and_priority_values_match_pq():
     assert [p.value for p in Priority] == [0, 25, 50, 75, 100]
-    assert Status.values == ["pending", "running", "completed", "failed", "cancelled"]
+    # pq's five, and django-pq's own: blocked (waiting for other tasks).
+    assert Status.values == ["pending", "running", "completed", "failed", "cancelled", "blocked"]

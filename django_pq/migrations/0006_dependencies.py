@@ -327,17 +327,17 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='batch',
             name='on_failure',
-            field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='django_pq.task'),
+            field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='django_pq.task'),
         ),
         migrations.AddField(
             model_name='batch',
             name='on_finish',
-            field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='django_pq.task'),
+            field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='django_pq.task'),
         ),
         migrations.AddField(
             model_name='batch',
             name='on_success',
-            field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='django_pq.task'),
+            field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='django_pq.task'),
         ),
         migrations.AddField(
             model_name='task',
@@ -367,12 +367,12 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='dependency',
             name='depends_on',
-            field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='dependents', to='django_pq.task'),
+            field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name='dependents', to='django_pq.task'),
         ),
         migrations.AddField(
             model_name='dependency',
             name='task',
-            field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, related_name='dependencies', to='django_pq.task'),
+            field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.DO_NOTHING, related_name='dependencies', to='django_pq.task'),
         ),
         migrations.AddConstraint(
             model_name='batch',

@@ -43,6 +43,15 @@ def send_receipt(order_id: int) -> str:
     return f"receipt sent to {order.email}"
 
 
+# One unit of an order, packed: place_order() writes one per unit in a batch whose
+# on_success callback is the receipt, so the receipt goes out once, after the last unit.
+@pq.task(queue="default")
+def pack_unit(order_id: int, unit: int) -> str:
+    batch = pq.current_task().batch if pq.current_task() else None
+    logger.info("Order %s: unit %s packed (batch %s)", order_id, unit, getattr(batch, "id", None))
+    return f"order {order_id}: unit {unit} packed"
+
+
 # A slow task that reports how far it got: watch its progress in the admin's task list and
 # on its page (which refreshes while it runs). Run it from the admin ("Run now" on its
 # schedule) or with `sales_report.enqueue()`.

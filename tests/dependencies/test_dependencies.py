@@ -84,9 +84,10 @@ def test_batch_callbacks_run_once_by_their_conditions(start_worker, fails):
     )
     assert len(made.tasks) == len(members)
     assert {t.status for t in (made.on_success, made.on_failure, made.on_finish)} == {"blocked"}
-    for _ in range(2):
-        start_worker("--concurrency", "2", "--burst")
+    workers = [start_worker("--concurrency", "2", "--burst") for _ in range(2)]
     run_burst(start_worker, "--concurrency", "2")
+    for worker in workers:
+        worker.wait(60)
     ran, skipped = ("failure", "success") if fails else ("success", "failure")
     assert len(ledger(ran)) == 1 and len(ledger("finish")) == 1
     assert not ledger(skipped)

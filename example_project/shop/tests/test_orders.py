@@ -16,7 +16,7 @@ import django_pq as pq
 from django_pq.testing import CapturedTasks, run_pending_tasks
 from shop.models import Order, Product
 from shop.orders import place_order
-from shop.tasks import sales_report, send_receipt, sync_inventory
+from shop.tasks import pack_unit, sales_report, send_receipt, sync_inventory
 
 pytestmark = pytest.mark.django_db
 
@@ -34,16 +34,35 @@ def test_placing_an_order_enqueues_its_receipt(lamp: Product, pq_capture: Captur
         priority=pq.Priority.HIGH,
         client_id=f"receipt-order-{order.pk}",
     )
+    pq_capture.assert_enqueued(pack_unit, order.pk, 1)
     pq_capture.assert_not_enqueued(sync_inventory)
 
 
-def test_the_receipt_task_marks_the_order(lamp: Product) -> None:
+def test_the_units_are_packed_then_the_receipt_marks_the_order(lamp: Product) -> None:
     order = place_order(lamp, 2, "grace@example.com")
-    [outcome] = run_pending_tasks()
-    assert outcome.status == "completed"
+    receipt = pq.Task.objects.get(client_id=order.receipt_client_id)
+    assert receipt.status == "blocked"  # until every unit is packed
+    *packed, outcome = run_pending_tasks()
+    assert [o.result for o in packed] == [
+        f"order {order.pk}: unit 1 packed",
+        f"order {order.pk}: unit 2 packed",
+    ]
+    assert (outcome.id, outcome.status) == (receipt.pk, "completed")
     assert outcome.result == "receipt sent to grace@example.com"
     order.refresh_from_db()
     assert order.receipt_sent_at is not None
+
+
+def test_no_receipt_when_a_unit_cannot_be_packed(lamp: Product) -> None:
+    order = place_order(lamp, 2, "ada@example.com")
+    first_unit = pq.Task.objects.filter(name__endswith=":pack_unit").order_by("id").first()
+    assert first_unit is not None
+    pq.cancel(first_unit)  # say, the warehouse ran out
+    run_pending_tasks()
+    receipt = pq.Task.objects.get(client_id=order.receipt_client_id)
+    assert (receipt.status, receipt.error_code) == ("cancelled", "dependency_failed")
+    order.refresh_from_db()
+    assert order.receipt_sent_at is None
 
 
 def test_no_receipt_for_an_order_that_rolled_back(lamp: Product, pq_capture: CapturedTasks) -> None:
@@ -67,7 +86,7 @@ def test_the_sales_report_counts_units_and_reports_its_progress(lamp: Product) -
     place_order(lamp, 2, "ada@example.com")
     report = sales_report.enqueue(seconds_per_product=0)
     outcomes = run_pending_tasks()
-    assert [o.status for o in outcomes] == ["completed", "completed"]
+    assert [o.status for o in outcomes] == ["completed"] * 4  # 2 units, receipt, report
     report.refresh_from_db()
     assert report.decoded_result() == {"Lamp": 2}
     assert report.progress == {"done": 1, "total": 1, "message": "counted Lamp"}
@@ -76,7 +95,7 @@ def test_the_sales_report_counts_units_and_reports_its_progress(lamp: Product) -
 def test_a_failed_receipt_is_retried_by_its_policy(lamp: Product) -> None:
     order = place_order(lamp, 1, "ada@example.com")
     Order.objects.filter(pk=order.pk).delete()  # the receipt task now raises DoesNotExist
-    [outcome] = run_pending_tasks()
+    _packed, outcome = run_pending_tasks()
     assert outcome.status == "pending"  # back in the queue, due after the policy's delay
     task = pq.Task.objects.get(pk=outcome.id)
     assert task.retry_decision["rule"] == "retry"
@@ -92,6 +111,7 @@ def test_receipts_are_rate_limited_by_their_flow_key(lamp: Product) -> None:
         "email"
     }
     # The bucket holds 5 sends, and the next comes back 2 s later (30 a minute): the other
-    # two receipts wait for theirs.
-    assert len(run_pending_tasks()) == 5
+    # two receipts wait for theirs (the seven units are packed without a limit).
+    outcomes = run_pending_tasks()
+    assert sum(o.name.endswith(":send_receipt") for o in outcomes) == 5
     assert pq.Task.objects.filter(status="pending", limit_key="email").count() == 2
