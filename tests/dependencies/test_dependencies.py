@@ -13,7 +13,7 @@ import django_pq as pq
 from django_pq.models import Batch, Dependency, Task
 from tests.testapp import tasks
 from tests.testapp.models import FaultLedger
-from tests.worker.conftest import run_burst
+from tests.worker.conftest import run_burst, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -274,3 +274,16 @@ def test_a_released_task_is_announced_on_the_configured_channel(settings):
         heard = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
     assert status(waiting) == ("pending", "")
     assert heard and heard[0].startswith("t:") and heard[0].endswith(":mail")
+
+
+def test_a_retried_member_releases_its_dependents_only_when_it_completes(start_worker):
+    # Fails its first run (retried after the backoff), completes its second.
+    flaky = pq.enqueue(tasks.fail_until, 2, "flaky-dep", max_attempts=2)
+    after = pq.enqueue(tasks.ledger, 0, "after-flaky", after=[flaky])
+    worker = start_worker("--concurrency", "2")
+    wait_until(lambda: status(after)[0] == "completed", 60, worker.output)
+    flaky.refresh_from_db()
+    assert (flaky.status, flaky.attempts) == ("completed", 2)
+    [run] = ledger("after-flaky").values()
+    assert run["start"] >= flaky.finished_at.timestamp()
+    assert status(after) == ("completed", "")
