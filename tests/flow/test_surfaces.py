@@ -213,3 +213,25 @@ def test_a_limit_edited_in_the_admin_is_validated_and_applies(admin_client: Clie
     limit = Limit.objects.get(pattern="api")
     assert (limit.per_second, limit.source) == (2.0, "admin")
     assert not Task.objects.exists()
+
+
+def test_the_flow_key_list_reads_every_key_s_numbers_at_once(admin_client: Client):
+    from django.test.utils import CaptureQueriesContext
+
+    with override_settings(PQ_LIMITS={"k:*": {"concurrency": 2, "rate": "5/s"}}):
+        pq.sync_limits()
+    url = reverse("admin:django_pq_flowkey_changelist")
+
+    def queries_with(keys: int) -> tuple[int, bytes]:
+        FlowKey.objects.bulk_create(
+            [FlowKey(key=f"k:{n}") for n in range(keys)], ignore_conflicts=True
+        )
+        with CaptureQueriesContext(connection) as captured:
+            page = admin_client.get(url)
+        assert page.status_code == 200
+        return len(captured), page.content
+
+    few, _ = queries_with(2)
+    many, content = queries_with(30)
+    assert many == few  # not one statement per key shown
+    assert content.count(b"2 at once, 5/s") == 30
