@@ -92,7 +92,7 @@ class _NumberedChangeList(ChangeList):
         keys = list(self.result_list)
         found = {numbers.key: numbers for numbers in key_numbers([key.key for key in keys])}
         for key in keys:
-            key._numbers = found.get(key.key)  # type: ignore[attr-defined]
+            key._numbers = found.get(key.key)
 
 
 @admin.register(FlowKey)
@@ -129,7 +129,7 @@ class FlowKeyAdmin(_RefusesNul, FlowKeyModelAdmin):
         if not hasattr(key, "_numbers"):  # a single key's page: read its own
             found = key_numbers([key.key])
             key._numbers = found[0] if found else None  # type: ignore[attr-defined]
-        return key._numbers
+        return key._numbers  # type: ignore[attr-defined]
 
     @admin.display(description="limit")
     def limit(self, key: FlowKey) -> str:
