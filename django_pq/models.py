@@ -734,6 +734,19 @@ class FlowKey(models.Model):
         return self.key
 
 
+def _callback() -> models.ForeignKey[Task | None]:
+    """A batch's callback task. ON DELETE SET NULL in the database (0006), for pruning's
+    SQL and the ORM alike: the ORM's deletes of tasks stay single statements."""
+    return models.ForeignKey(
+        Task,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        related_name="+",
+        db_constraint=False,
+    )
+
+
 class BatchKind(models.TextChoices):
     BATCH = "batch", _("batch")
     CHAIN = "chain", _("chain")
@@ -746,36 +759,9 @@ class Batch(models.Model):
     id = models.BigAutoField(primary_key=True)
     kind = models.CharField(max_length=8, choices=BatchKind.choices, default=BatchKind.BATCH)
     created_at = models.DateTimeField(db_default=Now())
-    on_success = models.ForeignKey(
-        Task,
-        null=True,
-        blank=True,
-        # ON DELETE SET NULL in the database (0006), for pruning's SQL and the ORM alike:
-        # the ORM's deletes of tasks stay single statements.
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_constraint=False,
-    )
-    on_failure = models.ForeignKey(
-        Task,
-        null=True,
-        blank=True,
-        # ON DELETE SET NULL in the database (0006), for pruning's SQL and the ORM alike:
-        # the ORM's deletes of tasks stay single statements.
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_constraint=False,
-    )
-    on_finish = models.ForeignKey(
-        Task,
-        null=True,
-        blank=True,
-        # ON DELETE SET NULL in the database (0006), for pruning's SQL and the ORM alike:
-        # the ORM's deletes of tasks stay single statements.
-        on_delete=models.DO_NOTHING,
-        related_name="+",
-        db_constraint=False,
-    )
+    on_success = _callback()
+    on_failure = _callback()
+    on_finish = _callback()
 
     class Meta:
         db_table = "pq_batches"
