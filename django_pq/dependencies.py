@@ -134,6 +134,9 @@ def write_structure(
                 edges.append((ids[index], task_id, ended, ended))
         edges += [(ids[waiter], ids[dependency], False, True) for waiter, dependency in links]
         if edges:
+            # In the order of what is waited for: the commit's check locks those rows one
+            # by one, and two callers waiting for the same tasks then lock them in one order.
+            edges.sort(key=lambda edge: (edge[1], edge[0]))
             columns = [list(column) for column in zip(*edges, strict=True)]
             store.fetch(store.ADD_DEPENDENCIES, columns)
     return written
