@@ -287,3 +287,56 @@ def test_a_retried_member_releases_its_dependents_only_when_it_completes(start_w
     [run] = ledger("after-flaky").values()
     assert run["start"] >= flaky.finished_at.timestamp()
     assert status(after) == ("completed", "")
+
+
+def test_two_callers_waiting_for_the_same_tasks_commit_without_a_deadlock():
+    import threading
+
+    from django.db import connections
+
+    a, b = pq.enqueue(tasks.noop), pq.enqueue(tasks.noop)
+    errors: list[BaseException] = []
+    ready = threading.Barrier(3)
+
+    def caller(after: list[Task]) -> None:
+        try:
+            with transaction.atomic():
+                pq.enqueue(tasks.noop, after=after)
+                ready.wait(10)
+            # The commit's check waits here for the session holding both rows.
+        except BaseException as error:  # reported below
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    with psycopg.connect(_url()) as holder:
+        # Hold both rows, as an end under way would, while both callers reach their commit.
+        holder.execute(
+            "SELECT 1 FROM pq_tasks WHERE id = ANY(%s) FOR NO KEY UPDATE", [[a.pk, b.pk]]
+        )
+        threads = [threading.Thread(target=caller, args=(order,)) for order in ([a, b], [b, a])]
+        for thread in threads:
+            thread.start()
+        ready.wait(10)
+        _wait_for_waiters(holder, 2)
+        holder.commit()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+    assert Task.objects.filter(status="blocked").count() == 2
+
+
+def _wait_for_waiters(session: psycopg.Connection, count: int) -> None:
+    from tests.worker.conftest import wait_until
+
+    wait_until(
+        lambda: (
+            session.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ).fetchone()[0]
+            >= count
+        ),
+        10,
+        "both callers to wait for the held rows",
+    )
