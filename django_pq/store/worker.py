@@ -536,7 +536,10 @@ _OUTCOME_COLUMNS = {
 
 
 def finish_params(outcomes: list[Outcome], channel: str) -> dict[str, Any]:
-    arrays = column_arrays(outcomes, list(_OUTCOME_COLUMNS.values()))
+    # By task id: the rows are locked in this order, the order every other writer that
+    # locks several tasks uses (a commit's check of its after= dependencies).
+    ordered = sorted(outcomes, key=lambda outcome: outcome.task_id)
+    arrays = column_arrays(ordered, list(_OUTCOME_COLUMNS.values()))
     return {
         **dict(zip(_OUTCOME_COLUMNS, arrays, strict=True)),
         "retryable": [str(code) for code in RETRYABLE],
