@@ -240,12 +240,35 @@ END $$;
 
 CREATE TRIGGER pq_dependencies_acyclic_insert AFTER INSERT ON pq_dependencies
 REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION pq_dependencies_acyclic();
-CREATE TRIGGER pq_dependencies_acyclic_update AFTER UPDATE ON pq_dependencies
-REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION pq_dependencies_acyclic();
+
+-- An edge rewritten to join other tasks is checked the same way. Only then: marking edges
+-- satisfied (every end does) must never walk the graph, nor fail on a cycle someone wrote
+-- with the checks off, or no worker could record that end.
+CREATE FUNCTION pq_dependency_rewired() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (
+        WITH RECURSIVE reach(id) AS (
+            SELECT NEW.depends_on_id
+            UNION
+            SELECT e.depends_on_id FROM reach r JOIN pq_dependencies e ON e.task_id = r.id
+        )
+        SELECT 1 FROM reach WHERE id = NEW.task_id
+    ) THEN
+        RAISE EXCEPTION 'task % would wait for itself: pq_dependencies may not form a cycle',
+            NEW.task_id USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER pq_dependencies_acyclic_update AFTER UPDATE OF task_id, depends_on_id
+ON pq_dependencies FOR EACH ROW
+WHEN (NEW.task_id IS DISTINCT FROM OLD.task_id OR NEW.depends_on_id IS DISTINCT FROM OLD.depends_on_id)
+EXECUTE FUNCTION pq_dependency_rewired();
 """
 
 NO_READINESS = """
 DROP TRIGGER pq_dependencies_acyclic_update ON pq_dependencies;
+DROP FUNCTION pq_dependency_rewired();
 DROP TRIGGER pq_dependencies_acyclic_insert ON pq_dependencies;
 DROP FUNCTION pq_dependencies_acyclic();
 DROP TRIGGER pq_dependencies_committed ON pq_dependencies;

@@ -340,3 +340,33 @@ def _wait_for_waiters(session: psycopg.Connection, count: int) -> None:
         10,
         "both callers to wait for the held rows",
     )
+
+
+def test_a_cycle_rewired_by_hand_is_refused_and_ends_never_walk_the_graph():
+    first = pq.enqueue(tasks.noop)
+    second = pq.enqueue(tasks.noop, after=[first])
+    third = pq.enqueue(tasks.noop, after=[second])
+    with (
+        pytest.raises(IntegrityError, match="cycle"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(
+            "UPDATE pq_dependencies SET depends_on_id = %s WHERE task_id = %s",
+            [third.pk, second.pk],
+        )
+    # A cycle written with the checks off (a restore, a hand edit) through a task that
+    # still runs: that task's end must still be recorded.
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE pq_dependencies DISABLE TRIGGER pq_dependencies_acyclic_insert")
+        cursor.execute(
+            "INSERT INTO pq_dependencies (task_id, depends_on_id, is_fresh) VALUES (%s, %s, true)",
+            [first.pk, third.pk],
+        )
+        cursor.execute("ALTER TABLE pq_dependencies ENABLE TRIGGER pq_dependencies_acyclic_insert")
+        cursor.execute(
+            "UPDATE pq_tasks SET status = 'completed', finished_at = now() WHERE id = %s",
+            [first.pk],
+        )
+    assert status(first) == ("completed", "")
+    assert status(second) == ("pending", "")  # what it waited for ended
