@@ -425,7 +425,8 @@ def judge(
     - every completed ledger task has exactly one finished run, and it is the run whose
       token the row holds;
     - every failed row has an ``error_code`` from the vocabulary and a message; every
-      cancelled row says ``cancelled``;
+      cancelled row says ``cancelled``, or ``dependency_failed`` when a task it waits for
+      failed or was cancelled;
     - at most one task, and at most one run, per (schedule, slot);
     - none of ``expected_ids`` is lost.
     Returns the verdict with every violation listed (``check_invariants`` asserts none).
@@ -448,6 +449,16 @@ def judge(
             FROM pq_tasks t LEFT JOIN {LEDGER_TABLE} l ON l.task_id = t.id
             GROUP BY t.id ORDER BY t.id"""
     )
+    # dependency_failed is the code of a task cancelled because one it waited for failed
+    # or was cancelled: right only for a task that waits for such a one.
+    waited_badly = {
+        task_id
+        for (task_id,) in target.query(
+            """SELECT DISTINCT e.task_id FROM pq_dependencies e
+               JOIN pq_tasks x ON x.id = e.depends_on_id
+               WHERE x.status IN ('failed', 'cancelled')"""
+        )
+    }
     vocabulary = set(ErrorCode.values)
     statuses: Counter[str] = Counter()
     codes: Counter[str] = Counter()
@@ -469,7 +480,8 @@ def judge(
             codes[code] += 1
             if code not in vocabulary or not error:
                 violations.append(f"failed task {task_id}: error_code {code!r}, error {error!r}")
-        if status == "cancelled" and code != "cancelled":
+        justified = code == "dependency_failed" and task_id in waited_badly
+        if status == "cancelled" and code != "cancelled" and not justified:
             violations.append(f"cancelled task {task_id} has error_code {code!r}")
 
     doubles = target.query(
