@@ -41,11 +41,14 @@ from django_pq.admin.task_actions import (
     retry_tasks,
     run_tasks_now,
 )
-from django_pq.models import Periodic, Status, Task
+from django_pq.models import Batch, Dependency, Periodic, Status, Task
 from django_pq.status import progress_fraction
 
 #: Runs of the same schedule shown on a periodic task's page.
 HISTORY_LENGTH = 10
+
+#: Tasks listed on a task's page under "waits for" and "waited for by", each.
+DEPENDENCIES_SHOWN = 50
 
 #: The JSON columns: read only on a task's page, where they are shown. The list never shows
 #: them, and one value nested deeper than Python's parser goes must not stop the list.
@@ -66,6 +69,42 @@ def _json_block(
     """A JSON column of ``task`` rendered for its page, or ``empty`` when it holds nothing."""
     text = display.stored_json(task, field, render)
     return display.preformatted(text) if text else empty
+
+
+class BatchFilter(admin.SimpleListFilter):
+    """The batch or chain a task belongs to (a member or a callback); reached from a
+    batch's page, so it lists only the batch it was given."""
+
+    title = "batch or chain"
+    parameter_name = "batch"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        value = self.value()
+        return [(value, f"#{value}")] if is_number(value) else []
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Task]) -> QuerySet[Task]:
+        value = self.value()
+        return queryset.filter(batch_id=int(value)) if is_number(value) else queryset
+
+
+def _dependency_list(rows: list[tuple[int, str, str, bool]], more: int) -> SafeString:
+    """Linked tasks with their status and whether the dependency is satisfied."""
+    items = format_html_join(
+        "",
+        '<li><a href="{}">#{} {}</a> {} {}</li>',
+        (
+            (
+                reverse("admin:django_pq_task_change", args=[task_id]),
+                task_id,
+                name,
+                display.status_badge(status, str(Status(status).label)),
+                "satisfied" if is_satisfied else "not satisfied yet",
+            )
+            for task_id, name, status, is_satisfied in rows
+        ),
+    )
+    tail = format_html("<li>and {} more</li>", more) if more > 0 else ""
+    return format_html('<ul class="pq-history pq-dependencies">{}{}</ul>', items, tail)
 
 
 @admin.register(Task)
@@ -92,6 +131,7 @@ class TaskAdmin(TaskModelAdmin):
         TaskNameFilter,
         PeriodicFilter,
         WorkerFilter,
+        BatchFilter,
         ("run_at", admin.DateFieldListFilter),
         ("created_at", admin.DateFieldListFilter),
         ("finished_at", admin.DateFieldListFilter),
@@ -125,6 +165,10 @@ class TaskAdmin(TaskModelAdmin):
         ),
         ("Arguments and result", {"fields": ["arguments", "result_text", "parked_version"]}),
         ("Progress", {"fields": ["progress_text"]}),
+        (
+            "Dependencies",
+            {"fields": ["batch_link", "waits_for", "waited_for_by", "run_if_text"]},
+        ),
         ("Error", {"fields": ["error_code", "error_text"]}),
         (
             "Retries",
@@ -246,6 +290,56 @@ class TaskAdmin(TaskModelAdmin):
         # Only what the link shows: the schedule's payload is not needed (nor always readable).
         periodic = Periodic.objects.only("name", "key").filter(pk=task.periodic_id).first()
         return format_html('<a href="{}">{}</a>', url, periodic or task.periodic_id)
+
+    @admin.display(description="batch or chain")
+    def batch_link(self, task: Task) -> SafeString | str:
+        if task.batch_id is None:
+            return "-"
+        batch = (
+            Batch.objects.filter(pk=task.batch_id)
+            .only("kind", "on_success_id", "on_failure_id", "on_finish_id")
+            .first()
+        )
+        if batch is None:
+            return f"#{task.batch_id} (no longer stored)"
+        role = "member"
+        for callback in ("on_success", "on_failure", "on_finish"):
+            if getattr(batch, f"{callback}_id") == task.pk:
+                role = f"its {callback} callback"
+        url = reverse("admin:django_pq_batch_change", args=[batch.pk])
+        return format_html('<a href="{}">{}</a> ({})', url, batch, role)
+
+    @admin.display(description="waits for")
+    def waits_for(self, task: Task) -> SafeString | str:
+        found = Dependency.objects.filter(task_id=task.pk)
+        rows = list(
+            found.order_by("depends_on_id").values_list(
+                "depends_on_id", "depends_on__name", "depends_on__status", "satisfied"
+            )[: DEPENDENCIES_SHOWN + 1]
+        )
+        if not rows:
+            return "No task: it runs when its turn comes."
+        more = found.count() - DEPENDENCIES_SHOWN if len(rows) > DEPENDENCIES_SHOWN else 0
+        return _dependency_list(rows[:DEPENDENCIES_SHOWN], more)
+
+    @admin.display(description="waited for by")
+    def waited_for_by(self, task: Task) -> SafeString | str:
+        found = Dependency.objects.filter(depends_on_id=task.pk)
+        rows = list(
+            found.order_by("task_id").values_list(
+                "task_id", "task__name", "task__status", "satisfied"
+            )[: DEPENDENCIES_SHOWN + 1]
+        )
+        if not rows:
+            return "No task."
+        more = found.count() - DEPENDENCIES_SHOWN if len(rows) > DEPENDENCIES_SHOWN else 0
+        return _dependency_list(rows[:DEPENDENCIES_SHOWN], more)
+
+    @admin.display(description="runs if")
+    def run_if_text(self, task: Task) -> str:
+        if task.run_if:
+            return str(task.get_run_if_display())
+        return "every task it waits for completed (the default; cancelled if one fails)"
 
     @admin.display(description="arguments")
     def arguments(self, task: Task) -> SafeString:

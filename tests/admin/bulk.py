@@ -1,8 +1,9 @@
 """Filling ``pq_tasks`` with many realistic rows fast, for the scale tests and the benchmark.
 
 One ``INSERT ... SELECT generate_series`` writes the rows server-side; the mix is a busy
-queue's: mostly completed, some failed and cancelled, a few pending (ready and future) and
-running, over several task names and queues, with finished rows spread over the last day.
+queue's: mostly completed, some failed and cancelled, a few pending (ready and future),
+running and blocked, over several task names and queues, with finished rows spread over
+the last day.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ FILL = """
     CROSS JOIN LATERAL (
         SELECT CASE
             -- The unfinished rows are the newest ones, as in a live queue.
-            WHEN i > %(rows)s - %(rows)s / 50 THEN (ARRAY['pending', 'running'])[1 + i %% 2]
+            WHEN i > %(rows)s - %(rows)s / 50
+                -- pending both ready and future (every other row is future), running, blocked
+                THEN (ARRAY['pending', 'running', 'blocked', 'pending', 'pending', 'running'])
+                     [1 + i %% 6]
             WHEN i %% 100 < 3 THEN 'failed'
             WHEN i %% 100 < 5 THEN 'cancelled'
             ELSE 'completed'

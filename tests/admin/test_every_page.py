@@ -23,7 +23,7 @@ from django.utils import timezone
 
 import django_pq as pq
 from django_pq.declared import sync_schedules
-from django_pq.models import FlowKey, Limit, Periodic, Status, Task, Worker
+from django_pq.models import Batch, FlowKey, Limit, Periodic, Status, Task, Worker
 from django_pq.schedules import pause, schedule
 from tests.admin.conftest import VIEW_TASKS, make_task
 from tests.testapp import tasks
@@ -65,6 +65,7 @@ class Rows:
     worker: Worker | None = None
     flow_keys: list[FlowKey] = field(default_factory=list)
     limits: list[Limit] = field(default_factory=list)
+    batches: dict[str, Batch] = field(default_factory=dict)
 
 
 @pytest.fixture
@@ -184,6 +185,27 @@ def rows() -> Rows:
     )
     sql("UPDATE pq_flow_keys SET tokens = 0.5, tokens_at = now() WHERE key = 'api:1'")
     found.flow_keys = list(FlowKey.objects.all())
+
+    # Batches and chains: with callbacks, and with no members left (pruned); their tasks'
+    # pages show who waits for whom.
+    made = pq.batch(
+        [pq.prepare(tasks.add, n, 1) for n in range(3)],
+        on_success=pq.prepare(tasks.noop),
+        on_failure=pq.prepare(tasks.noop),
+        on_finish=pq.prepare(tasks.noop),
+    )
+    found.batches["batch"] = Batch.objects.get(pk=made.id)
+    steps = pq.chain(pq.prepare(tasks.add, 1, 2), pq.prepare(tasks.add, 10), pass_result=True)
+    found.batches["chain"] = Batch.objects.get(pk=steps[0].batch_id)
+    Task.objects.filter(pk=made.tasks[0].pk).update(status=Status.FAILED, error_code="exception")
+    for task in [*made.tasks, *steps, made.on_success]:
+        assert task is not None
+        task.refresh_from_db()
+        found.tasks[f"in a batch #{task.pk}"] = task
+    sql("INSERT INTO pq_batches (kind, created_at) VALUES ('batch', now())")
+    sql("INSERT INTO pq_batches (kind, created_at) VALUES ('chain', now())")
+    for batch in Batch.objects.filter(tasks__isnull=True):
+        found.batches[f"empty #{batch.pk}"] = batch
     return found
 
 
@@ -248,19 +270,25 @@ def visit_everything(visitor: Visitor, rows: Rows, *, superuser: bool) -> None:
         may_add = superuser and model == "periodic"
         visitor.get(reverse(f"admin:django_pq_{model}_add"), *(ok if may_add else forbidden))
     visitor.get(reverse("admin:django_pq_overview"), 200)
-    for model in ("flowkey", "limit"):
+    for model in ("flowkey", "limit", "batch"):
         url = reverse(f"admin:django_pq_{model}_changelist")
         for query in filter_links(visitor, url):
             visitor.get(url + query, 200)
         may_add = superuser and model == "limit"
         visitor.get(reverse(f"admin:django_pq_{model}_add"), *(ok if may_add else forbidden))
-    for model, objects in (("flowkey", rows.flow_keys), ("limit", rows.limits)):
+    for model, objects in (
+        ("flowkey", rows.flow_keys),
+        ("limit", rows.limits),
+        ("batch", list(rows.batches.values())),
+    ):
         for row in objects:
             visitor.get(reverse(f"admin:django_pq_{model}_change", args=[row.pk]), 200)
             visitor.get(reverse(f"admin:django_pq_{model}_history", args=[row.pk]), 200)
+            # Batches are never deleted by hand: pruning deletes them with their tasks.
+            may_delete = superuser and model != "batch"
             visitor.get(
                 reverse(f"admin:django_pq_{model}_delete", args=[row.pk]),
-                *(ok if superuser else forbidden),
+                *(ok if may_delete else forbidden),
             )
             visitor.get(f"{reverse(f'admin:django_pq_{model}_changelist')}{row.pk}/", 302)
 
@@ -326,7 +354,7 @@ def test_garbage_in_any_query_parameter_is_not_a_server_error(
     rows: Rows, admin_client: Client
 ) -> None:
     visitor = Visitor(admin_client, set())
-    for model in ("task", "periodic", "worker", "flowkey", "limit"):
+    for model in ("task", "periodic", "worker", "flowkey", "limit", "batch"):
         url = reverse(f"admin:django_pq_{model}_changelist")
         for name in sorted(filter_parameters(visitor, url)):
             for value in GARBAGE:
