@@ -87,6 +87,20 @@ class BatchFilter(admin.SimpleListFilter):
         return queryset.filter(batch_id=int(value)) if is_number(value) else queryset
 
 
+def _dependencies_shown(found: Any, other: str, none: str) -> SafeString | str:
+    """The first DEPENDENCIES_SHOWN of ``found`` (Dependency rows), each as the task at
+    its ``other`` end, with "and N more" (counted only when there are more)."""
+    rows = list(
+        found.order_by(f"{other}_id").values_list(
+            f"{other}_id", f"{other}__name", f"{other}__status", "satisfied"
+        )[: DEPENDENCIES_SHOWN + 1]
+    )
+    if not rows:
+        return none
+    more = found.count() - DEPENDENCIES_SHOWN if len(rows) > DEPENDENCIES_SHOWN else 0
+    return _dependency_list(rows[:DEPENDENCIES_SHOWN], more)
+
+
 def _dependency_list(rows: list[tuple[int, str, str, bool]], more: int) -> SafeString:
     """Linked tasks with their status and whether the dependency is satisfied."""
     items = format_html_join(
@@ -312,28 +326,12 @@ class TaskAdmin(TaskModelAdmin):
     @admin.display(description="waits for")
     def waits_for(self, task: Task) -> SafeString | str:
         found = Dependency.objects.filter(task_id=task.pk)
-        rows = list(
-            found.order_by("depends_on_id").values_list(
-                "depends_on_id", "depends_on__name", "depends_on__status", "satisfied"
-            )[: DEPENDENCIES_SHOWN + 1]
-        )
-        if not rows:
-            return "No task: it runs when its turn comes."
-        more = found.count() - DEPENDENCIES_SHOWN if len(rows) > DEPENDENCIES_SHOWN else 0
-        return _dependency_list(rows[:DEPENDENCIES_SHOWN], more)
+        return _dependencies_shown(found, "depends_on", "No task: it runs when its turn comes.")
 
     @admin.display(description="waited for by")
     def waited_for_by(self, task: Task) -> SafeString | str:
         found = Dependency.objects.filter(depends_on_id=task.pk)
-        rows = list(
-            found.order_by("task_id").values_list(
-                "task_id", "task__name", "task__status", "satisfied"
-            )[: DEPENDENCIES_SHOWN + 1]
-        )
-        if not rows:
-            return "No task."
-        more = found.count() - DEPENDENCIES_SHOWN if len(rows) > DEPENDENCIES_SHOWN else 0
-        return _dependency_list(rows[:DEPENDENCIES_SHOWN], more)
+        return _dependencies_shown(found, "task", "No task.")
 
     @admin.display(description="runs if")
     def run_if_text(self, task: Task) -> str:
