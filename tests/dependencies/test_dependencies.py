@@ -93,7 +93,12 @@ def test_batch_callbacks_run_once_by_their_conditions(start_worker, fails):
     assert not ledger(skipped)
     done = Task.objects.get(pk=(made.on_failure if fails else made.on_success).pk)
     counts = {"completed": 6, "failed": 1} if fails else {"completed": 6}
-    assert done.decoded_result() == {"batch": made.id, "counts": counts, "results": 6}
+    assert done.decoded_result() == {
+        "batch": made.id,
+        "counts": counts,
+        "results": 6,
+        "members": len(members),
+    }
     skipped_task = made.on_success if fails else made.on_failure
     assert status(skipped_task) == (
         ("cancelled", "dependency_failed") if fails else ("cancelled", "cancelled")

@@ -247,4 +247,9 @@ def report_batch(key: str = "") -> dict[str, object]:
     _ledger_write("end", key)
     if batch is None:
         return {"batch": None}
-    return {"batch": batch.id, "counts": batch.counts, "results": len(batch.results())}
+    return {
+        "batch": batch.id,
+        "counts": batch.counts,
+        "results": len(batch.results()),
+        "members": len(batch.tasks),
+    }
